@@ -1,0 +1,245 @@
+"""Learned Token Pruning (Kim, Shen et al., KDD 2022) on Hugging Face BERT / RoBERTa encoders.
+
+`PrunableModel` wraps an unmodified `*ForSequenceClassification` model and runs its encoder
+layers with token pruning. The weights stay the Hugging Face weights, so the model still saves
+and loads as one; the pruning state (thresholds or keep ratios) travels beside it as
+`pruning.json`.
+
+Four forward modes:
+- "off":  the Hugging Face forward itself (any attention implementation), nothing pruned.
+- "soft": differentiable mask m = sigmoid((s - theta) / T) (LTP's soft stage).
+- "mask": hard 0/1 mask, tokens stay in the tensors (reference behaviour, for parity checks).
+- "drop": pruned tokens leave the tensors; each batch is re-padded to its longest kept row.
+"mask" and "drop" give the same logits; "soft" tends to "mask" as T -> 0.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compress.errors import UserError
+
+Mode = Literal["off", "soft", "mask", "drop"]
+PRUNING_FILE = "pruning.json"
+
+
+@dataclass
+class PruningSpec:
+    """What a pruned model keeps. method "ltp": learned thresholds; "topk": static keep ratios."""
+
+    method: Literal["ltp", "topk"] = "ltp"
+    max_length: int = 128  # N of the importance score: fixed, so thresholds mean the same at any length
+    final_threshold: float = 0.01  # theta_final (ltp)
+    temperature: float = 1e-3  # T of the soft mask (ltp)
+    threshold_offsets: list[float] = field(default_factory=list)  # learned delta_l per layer (ltp)
+    keep_ratios: list[float] = field(default_factory=list)  # fraction of the input length kept after each layer (topk)
+
+    def save(self, directory: Path) -> None:
+        (Path(directory) / PRUNING_FILE).write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, directory: Path) -> PruningSpec | None:
+        path = Path(directory) / PRUNING_FILE
+        return cls(**json.loads(path.read_text())) if path.exists() else None
+
+
+def linear_keep_ratios(num_layers: int, final_keep_ratio: float, start_layer: int) -> list[float]:
+    """Static top-k schedule: keep everything up to `start_layer`, then fall linearly to the last layer."""
+    ratios = []
+    for layer in range(num_layers):
+        if layer < start_layer:
+            ratios.append(1.0)
+        else:
+            progress = (layer - start_layer + 1) / (num_layers - start_layer)
+            ratios.append(1.0 - progress * (1.0 - final_keep_ratio))
+    return ratios
+
+
+@dataclass
+class PrunedOutput:
+    logits: torch.Tensor  # (B, C)
+    tokens_in: torch.Tensor  # (B, L) tokens entering each layer
+    tokens_kept: torch.Tensor  # (B, L) tokens surviving each layer's pruning
+    kept_fraction: torch.Tensor  # () sum over layers of the mean (soft) mask: LTP's L1 term
+
+
+# ----------------------------------------------------------------------------------------------
+# building blocks
+
+
+def token_importance(probs: torch.Tensor, query_weight: torch.Tensor, max_length: int) -> torch.Tensor:
+    """s[b, j] = 1 / (H * N) * sum_h sum_i w[b, i] * A[b, h, i, j]  -> (B, n), fp32.
+
+    w weights the queries: 1 for live tokens, 0 for padding and pruned ones (soft values in the
+    soft stage). N is the fixed maximum length, not the batch's: dividing by the current length
+    would make the same sentence score differently depending on how the batch was padded.
+    fp32 because the last thresholds are ~0.01 and bf16 rounding would flip decisions.
+    """
+    num_heads = probs.shape[1]
+    weighted = probs.float() * query_weight.float()[:, None, :, None]  # (B, H, n, n)
+    return weighted.sum(dim=(1, 2)) / (num_heads * max_length)
+
+
+def _self_attention(layer: nn.Module, h: torch.Tensor, key_bias: torch.Tensor, training: bool):
+    """The Hugging Face layer's self-attention, unfused so its probabilities are available.
+
+    h (B, n, d), key_bias (B, n) additive, 0 for live keys. Returns context (B, n, d) and
+    attention probabilities (B, H, n, n) before dropout.
+    """
+    attn = layer.attention.self
+    batch, n, _ = h.shape
+    heads, head_dim = attn.num_attention_heads, attn.attention_head_size
+
+    def split(x: torch.Tensor) -> torch.Tensor:
+        return x.view(batch, n, heads, head_dim).transpose(1, 2)  # (B, H, n, dh)
+
+    q, k, v = split(attn.query(h)), split(attn.key(h)), split(attn.value(h))
+    scores = (q @ k.transpose(-1, -2)) * attn.scaling + key_bias[:, None, None, :].to(q.dtype)
+    probs = scores.softmax(dim=-1)  # (B, H, n, n)
+    context = F.dropout(probs, attn.dropout.p, training) @ v  # (B, H, n, dh)
+    return context.transpose(1, 2).reshape(batch, n, heads * head_dim), probs
+
+
+def _finish_layer(layer: nn.Module, context: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """Output projection + residual + LayerNorm, then the FFN: per token, so it runs on kept tokens only."""
+    attention_output = layer.attention.output(context, residual)  # (B, n, d)
+    return layer.output(layer.intermediate(attention_output), attention_output)
+
+
+def _key_bias(weight: torch.Tensor) -> torch.Tensor:
+    """Additive attention bias from token weights in [0, 1]: log(w), so 0 -> -inf and 1 -> 0.
+
+    With hard 0/1 weights this is ordinary key masking; with soft weights it lets a softly
+    pruned token fade out of the next layers' attention instead of staying fully visible.
+    """
+    log_weight = torch.log(weight.clamp_min(1e-30))
+    return torch.where(weight > 0, log_weight, torch.finfo(log_weight.dtype).min)
+
+
+def _gather_kept(keep: torch.Tensor, *tensors: torch.Tensor):
+    """Move each row's kept tokens to the front, in order, and cut to the longest row.
+
+    keep (B, n) bool -> tensors gathered to (B, K, ...) and the new validity mask (B, K).
+    """
+    counts = keep.sum(dim=1)  # (B,)
+    longest = int(counts.max())
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :longest]  # (B, K)
+    valid = torch.arange(longest, device=keep.device)[None, :] < counts[:, None]  # (B, K)
+    gathered = [t.gather(1, order[..., None].expand(-1, -1, t.shape[-1])) for t in tensors]
+    return gathered, valid
+
+
+# ----------------------------------------------------------------------------------------------
+# the model
+
+
+class PrunableModel(nn.Module):
+    """A Hugging Face BERT/RoBERTa sequence classifier whose encoder drops unimportant tokens."""
+
+    def __init__(self, hf_model: nn.Module, spec: PruningSpec | None = None):
+        super().__init__()
+        if getattr(hf_model.config, "model_type", None) not in ("bert", "roberta"):
+            raise UserError(
+                f"model type '{getattr(hf_model.config, 'model_type', '?')}' is not supported "
+                "for token pruning (supported: bert, roberta)"
+            )
+        self.hf_model = hf_model
+        self.spec = spec
+        num_layers = hf_model.config.num_hidden_layers
+        offsets = spec.threshold_offsets if spec and spec.threshold_offsets else [0.0] * num_layers
+        # delta_l; layer 0 never uses its entry (theta_0 = 0)
+        self.threshold_offsets = nn.Parameter(torch.tensor(offsets, dtype=torch.float32))
+
+    @property
+    def config(self):
+        return self.hf_model.config
+
+    @property
+    def num_layers(self) -> int:
+        return self.hf_model.config.num_hidden_layers
+
+    def thresholds(self) -> torch.Tensor:
+        """theta_l = theta_final * l / L + delta_l, and theta_0 = 0 (the first layer prunes nothing)."""
+        layers = torch.arange(self.num_layers, dtype=torch.float32, device=self.threshold_offsets.device)
+        theta = self.spec.final_threshold * layers / self.num_layers + self.threshold_offsets
+        return theta * (layers > 0)
+
+    def export_spec(self) -> PruningSpec | None:
+        """The spec with the learned offsets written back (to save beside the weights)."""
+        if self.spec is None:
+            return None
+        self.spec.threshold_offsets = [float(x) for x in self.threshold_offsets.detach().cpu()]
+        return self.spec
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None, mode: Mode = "drop") -> PrunedOutput:
+        if self.spec is None or mode == "off":
+            return self._forward_unpruned(input_ids, attention_mask, token_type_ids)
+        base = self.hf_model.base_model
+        h = base.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)  # (B, n, d)
+        live = attention_mask.to(h.dtype)  # (B, n) token weights: 1 live, 0 padding/pruned
+        lengths = attention_mask.sum(dim=1)  # (B,)
+        theta = self.thresholds()
+        tokens_in, tokens_kept, kept_fraction = [], [], h.new_zeros((), dtype=torch.float32)
+        for index, layer in enumerate(base.encoder.layer):
+            tokens_in.append((live > 0).sum(dim=1))
+            context, probs = _self_attention(layer, h, _key_bias(live), self.training)
+            score = token_importance(probs, live, self.spec.max_length)  # (B, n)
+            if mode == "soft":
+                weight = self._soft_mask(score, theta[index]) * live  # (B, n)
+                h = _finish_layer(layer, context, h) * weight[..., None]
+                kept_fraction = kept_fraction + weight.sum() / lengths.sum()
+                live = weight
+            else:
+                keep = self._hard_keep(score, live > 0, index, theta[index], lengths)  # (B, n) bool
+                if mode == "drop":
+                    (context, h), keep = _gather_kept(keep, context, h)
+                h = _finish_layer(layer, context, h)
+                live = keep.to(h.dtype)
+                kept_fraction = kept_fraction + (keep.sum() / lengths.sum()).float()
+            tokens_kept.append((live > 0.5).sum(dim=1) if mode == "soft" else (live > 0).sum(dim=1))
+        return PrunedOutput(
+            logits=self._classify(h),
+            tokens_in=torch.stack(tokens_in, dim=1),
+            tokens_kept=torch.stack(tokens_kept, dim=1),
+            kept_fraction=kept_fraction,
+        )
+
+    def _soft_mask(self, score: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        mask = torch.sigmoid((score - theta) / self.spec.temperature)
+        return torch.cat([torch.ones_like(mask[:, :1]), mask[:, 1:]], dim=1)  # [CLS] always kept
+
+    def _hard_keep(self, score, live, index, theta, lengths) -> torch.Tensor:
+        """Bool (B, n): which live tokens survive this layer. [CLS] (position 0) always does:
+        the classifier reads it, and it stays at position 0 because dropping keeps token order."""
+        if self.spec.method == "ltp":
+            keep = live & (score >= theta)
+        else:
+            budget = torch.ceil(self.spec.keep_ratios[index] * lengths).clamp_min(1)  # (B,)
+            ranked = score.masked_fill(~live, -1.0)
+            ranked[:, 0] = math.inf
+            rank = ranked.argsort(dim=1, descending=True).argsort(dim=1)  # (B, n) rank of each token
+            keep = live & (rank < budget[:, None])
+        keep[:, 0] = True
+        return keep
+
+    def _classify(self, h: torch.Tensor) -> torch.Tensor:
+        """The Hugging Face head on the final hidden states; both heads read position 0 only."""
+        model = self.hf_model
+        if model.config.model_type == "roberta":
+            return model.classifier(h)
+        pooled = model.base_model.pooler(h)
+        return model.classifier(model.dropout(pooled))
+
+    def _forward_unpruned(self, input_ids, attention_mask, token_type_ids) -> PrunedOutput:
+        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        logits = self.hf_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
+        counts = attention_mask.sum(dim=1, keepdim=True).expand(-1, self.num_layers)
+        return PrunedOutput(logits, counts, counts, logits.new_zeros(()))

@@ -1,0 +1,159 @@
+"""Parity and gradient tests of the LTP model on tiny random BERT and RoBERTa encoders."""
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+)
+
+from compress.flops import cost_from_config
+from compress.ltp import PrunableModel, PruningSpec, linear_keep_ratios, token_importance
+
+# offsets that make layers 1 and 2 both prune, by different amounts per example
+PRUNING = dict(final_threshold=0.09, max_length=16, threshold_offsets=[0.0, 0.03, 0.0])
+TINY = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+            vocab_size=100, max_position_embeddings=64, num_labels=3,
+            initializer_range=0.2)  # wide init: attention far from uniform, so scores differ
+
+
+def tiny_model(kind: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if kind == "bert":
+        model = BertForSequenceClassification(BertConfig(**TINY, attn_implementation="eager"))
+    else:
+        model = RobertaForSequenceClassification(
+            RobertaConfig(**TINY, pad_token_id=1, attn_implementation="eager"))
+    return model.eval()
+
+
+def batch_with_mixed_lengths(lengths=(12, 5, 9, 3), pad_id=0):
+    torch.manual_seed(1)
+    n = max(lengths)
+    ids = torch.randint(5, 100, (len(lengths), n))
+    mask = torch.zeros(len(lengths), n, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        mask[row, :length] = 1
+        ids[row, length:] = pad_id
+    return ids, mask
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+def test_zero_threshold_reproduces_hugging_face_logits(kind):
+    hf = tiny_model(kind)
+    pad = hf.config.pad_token_id
+    ids, mask = batch_with_mixed_lengths(pad_id=pad)
+    spec = PruningSpec(final_threshold=0.0, max_length=16)
+    model = PrunableModel(hf, spec).eval()
+    with torch.no_grad():
+        reference = hf(input_ids=ids, attention_mask=mask).logits
+        for mode in ("mask", "drop"):
+            out = model(ids, mask, mode=mode)
+            torch.testing.assert_close(out.logits, reference, atol=1e-5, rtol=0)
+            assert torch.equal(out.tokens_kept, mask.sum(1, keepdim=True).expand(-1, 3))
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+def test_dropping_equals_masking_with_mixed_kept_counts(kind):
+    hf = tiny_model(kind)
+    ids, mask = batch_with_mixed_lengths(pad_id=hf.config.pad_token_id)
+    model = PrunableModel(hf, PruningSpec(**PRUNING)).eval()
+    with torch.no_grad():
+        masked = model(ids, mask, mode="mask")
+        dropped = model(ids, mask, mode="drop")
+    torch.testing.assert_close(dropped.logits, masked.logits, atol=1e-4, rtol=0)
+    assert torch.equal(dropped.tokens_kept, masked.tokens_kept)
+    kept_last = dropped.tokens_kept[:, -1]
+    assert (dropped.tokens_kept[:, 1] < mask.sum(1)).any(), "layer 1 should prune"
+    assert (kept_last < dropped.tokens_kept[:, 1]).any()
+    assert len(set(kept_last.tolist())) > 1, "kept counts should differ between examples"
+    assert (dropped.tokens_kept >= 1).all(), "[CLS] is always kept"
+
+
+def test_soft_mask_tends_to_hard_mask_at_low_temperature():
+    hf = tiny_model("bert")
+    ids, mask = batch_with_mixed_lengths()
+    model = PrunableModel(hf, PruningSpec(**PRUNING, temperature=1e-7))
+    model.eval()
+    with torch.no_grad():
+        soft = model(ids, mask, mode="soft").logits
+        hard = model(ids, mask, mode="mask").logits
+    torch.testing.assert_close(soft, hard, atol=1e-4, rtol=0)
+
+
+def test_gradients_reach_thresholds_in_soft_mode_only():
+    model = PrunableModel(tiny_model("bert"), PruningSpec(final_threshold=0.05, max_length=16,
+                                                         temperature=1e-2))
+    ids, mask = batch_with_mixed_lengths()
+    out = model(ids, mask, mode="soft")
+    (out.logits.sum() + out.kept_fraction).backward()
+    grad = model.threshold_offsets.grad
+    assert grad is not None and grad[1:].abs().sum() > 0
+    model.zero_grad(set_to_none=True)
+    out = model(ids, mask, mode="drop")
+    (out.logits.sum() + out.kept_fraction).backward()
+    assert model.threshold_offsets.grad is None
+
+
+def test_importance_counts_only_live_queries_and_divides_by_fixed_length():
+    probs = torch.tensor([[[[0.5, 0.5, 0.0], [0.2, 0.8, 0.0], [0.1, 0.1, 0.8]]]])  # (1, 1, 3, 3)
+    live = torch.tensor([[1.0, 1.0, 0.0]])
+    score = token_importance(probs, live, max_length=10)
+    torch.testing.assert_close(score, torch.tensor([[0.07, 0.13, 0.0]]))
+
+
+def test_thresholds_follow_the_linear_schedule_and_layer_zero_prunes_nothing():
+    spec = PruningSpec(final_threshold=0.03, threshold_offsets=[0.5, 0.001, 0.0])
+    theta = PrunableModel(tiny_model("bert"), spec).thresholds()
+    torch.testing.assert_close(theta, torch.tensor([0.0, 0.011, 0.02]))
+
+
+def test_topk_keeps_the_scheduled_number_of_tokens():
+    ratios = linear_keep_ratios(3, final_keep_ratio=0.4, start_layer=1)
+    assert ratios == pytest.approx([1.0, 0.7, 0.4])
+    model = PrunableModel(tiny_model("bert"), PruningSpec(method="topk", keep_ratios=ratios)).eval()
+    ids, mask = batch_with_mixed_lengths()
+    with torch.no_grad():
+        out = model(ids, mask, mode="drop")
+    lengths = mask.sum(1).double()
+    expected = torch.stack([torch.ceil(r * lengths) for r in ratios], dim=1).long()
+    assert torch.equal(out.tokens_kept, expected)
+
+
+def test_analytic_flops_match_flop_counter_on_dropped_tokens():
+    hf = tiny_model("bert")
+    model = PrunableModel(hf, PruningSpec(**PRUNING)).eval()
+    ids, mask = batch_with_mixed_lengths(lengths=(12,))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        out = model(ids, mask, mode="drop")
+    cfg = hf.config
+    head_flops = 2 * (cfg.hidden_size * cfg.hidden_size + cfg.hidden_size * cfg.num_labels)
+    analytic = cost_from_config(cfg, out.tokens_in, out.tokens_kept).gflops * 1e9
+    assert out.tokens_kept[0, -1] < 12
+    assert counter.get_total_flops() - head_flops == pytest.approx(analytic)
+
+
+def test_flops_at_zero_threshold_equal_the_unpruned_formula():
+    hf = tiny_model("bert")
+    ids, mask = batch_with_mixed_lengths()
+    out = PrunableModel(hf, PruningSpec(final_threshold=0.0)).eval()(ids, mask, mode="drop")
+    d, f, n = 32, 64, mask.sum(1).double()
+    per_example = 3 * (4 * d * d * n + 2 * d * n * n + 2 * d * f * n)
+    cost = cost_from_config(hf.config, out.tokens_in, out.tokens_kept)
+    assert cost.gflops == pytest.approx(float(2 * per_example.mean()) / 1e9)
+
+
+def test_flops_of_a_pruned_run_are_the_mean_over_recorded_counts():
+    tokens_in = torch.tensor([[10, 6], [4, 4]])
+    tokens_kept = torch.tensor([[6, 3], [4, 2]])
+    d, f = 8, 16
+    cost = cost_from_config(BertConfig(hidden_size=d, intermediate_size=f), tokens_in, tokens_kept)
+
+    def macs(n_in, n_keep):
+        return 3 * d * d * n_in + d * d * n_keep + 2 * d * n_in * n_in + 2 * d * f * n_keep
+
+    expected = (macs(10, 6) + macs(6, 3) + macs(4, 4) + macs(4, 2)) / 2
+    assert cost.gflops == pytest.approx(2 * expected / 1e9)
