@@ -40,7 +40,7 @@ class PruningSpec:
     final_threshold: float = 0.01  # theta_final (ltp)
     temperature: float = 1e-3  # T of the soft mask (ltp)
     threshold_offsets: list[float] = field(default_factory=list)  # learned delta_l per layer (ltp)
-    keep_ratios: list[float] = field(default_factory=list)  # fraction of the input length kept after each layer (topk)
+    keep_ratios: list[float] = field(default_factory=list)  # fraction of the length kept per layer (topk)
 
     def save(self, directory: Path) -> None:
         (Path(directory) / PRUNING_FILE).write_text(json.dumps(asdict(self), indent=2))
