@@ -1,0 +1,72 @@
+"""ltp-compress command line: one function per command, each a thin call into the library."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from compress.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Compress Hugging Face encoders: fine-tune, Learned Token Pruning, distil, quantise.")
+
+SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override a recipe key: dotted.key=value")]
+DataDirOption = Annotated[str | None, typer.Option("--data-dir", help="GLUE-layout folder (else $GLUE_DIR, else hub)")]
+
+
+def _load(recipe_path: Path, overrides: list[str] | None, data_dir: str | None):
+    from compress.recipe import load_recipe
+
+    extra = [f"data.dir={data_dir}"] if data_dir else []
+    return load_recipe(recipe_path, [*(overrides or []), *extra])
+
+
+@app.command()
+def validate(recipe: Path, set_: SetOption = None, data_dir: DataDirOption = None) -> None:
+    """Check a recipe (keys, types, stage order, model and data paths) without running anything."""
+    from compress.pipeline import preflight
+
+    resolved = _load(recipe, set_, data_dir)
+    preflight(resolved)
+    stages = " -> ".join(f"{s.name} ({s.kind})" for s in resolved.stages)
+    typer.echo(f"{recipe}: ok: {resolved.task} on {resolved.model}: {stages}")
+
+
+@app.command()
+def compress(
+    recipe: Path,
+    set_: SetOption = None,
+    data_dir: DataDirOption = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default artifacts/<recipe name>)")] = None,
+    until: Annotated[str | None, typer.Option(help="Stop after this stage (by name)")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute every stage")] = False,
+) -> None:
+    """Run a recipe's stages and write OUT/summary.json."""
+    from compress.pipeline import run_pipeline
+
+    resolved = _load(recipe, set_, data_dir)
+    if until is not None:
+        resolved.stage(until)
+    out_dir = out or Path("artifacts") / resolved.name
+    summary = run_pipeline(resolved, out_dir, until=until, use_cache=not no_cache)
+    final = summary["final"]
+    typer.echo(json.dumps(final, indent=2))
+    typer.echo(f"summary: {out_dir / 'summary.json'}")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        app()
+    except UserError as error:
+        typer.echo(f"error: {error}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

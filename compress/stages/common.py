@@ -1,0 +1,106 @@
+"""Pieces the training stages share: loading, the task loss, parameter groups, saving."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+import torch.nn.functional as F
+
+from compress.artifacts import RESULT_FILE, atomic_directory, save_model, write_json
+from compress.evaluate import EvalResult, evaluate, model_inputs
+from compress.flops import FP32
+from compress.ltp import Mode, PrunableModel
+from compress.models import load_model, load_tokenizer
+from compress.recipe import dump_recipe
+from compress.stages.base import StageInputs, StageResult
+from compress.task_data import TaskData, prepare_data
+from compress.training import TrainResult, train
+
+log = logging.getLogger(__name__)
+
+
+def load_inputs(inputs: StageInputs, need_train: bool = True) -> tuple[PrunableModel, object, TaskData]:
+    """Tokenizer, task data and model for a stage (seeded, so runs repeat exactly on CPU)."""
+    torch.manual_seed(inputs.recipe.seed)
+    tokenizer = load_tokenizer(inputs.model)
+    task_data = prepare_data(inputs.recipe, tokenizer, need_train=need_train)
+    task = task_data.task
+    model = load_model(inputs.model, task.num_labels, task.is_regression)
+    return model, tokenizer, task_data
+
+
+def task_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
+    if regression:
+        return F.mse_loss(logits.squeeze(-1), labels.float())
+    return F.cross_entropy(logits, labels)
+
+
+def supervised_loss(regression: bool, mode: Mode, kept_weight: float = 0.0):
+    """Task loss (+ kept_weight * sum over layers of the mean mask: LTP's L1 term)."""
+
+    def loss_fn(model: PrunableModel, batch: dict):
+        out = model(**model_inputs(batch), mode=mode)
+        loss = task_loss(out.logits, batch["labels"], regression)
+        logs = {}
+        if kept_weight:
+            loss = loss + kept_weight * out.kept_fraction
+            logs["kept"] = float(out.kept_fraction) / model.num_layers
+        return loss, logs
+
+    return loss_fn
+
+
+def weight_groups(model: PrunableModel, weight_decay: float) -> list[dict]:
+    """AdamW groups for the Hugging Face weights: no decay on biases and LayerNorm."""
+    decay, no_decay = [], []
+    for name, param in model.hf_model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def evaluator(task_data: TaskData, batch_size: int, mode: Mode):
+    loaders = task_data.eval_loaders(batch_size)
+    return lambda model: evaluate(model, loaders, task_data.task, mode=mode)
+
+
+def save_stage(inputs: StageInputs, stage, model: PrunableModel, tokenizer, task_data: TaskData,
+               evaluation: EvalResult, started: float, trained: TrainResult | None = None) -> StageResult:
+    """Write the artifact (weights, tokenizer, pruning spec, resolved recipe, result) atomically."""
+    metrics = dict(evaluation.metrics)
+    if trained is not None:
+        metrics["train_examples_per_s"] = round(trained.examples_per_s, 2)
+    result = StageResult(
+        name=stage.name, kind=stage.kind, artifact=str(inputs.output_dir), metrics=metrics,
+        main_metric=task_data.task.main_metric, gflops=round(evaluation.cost.gflops, 6),
+        bops=evaluation.cost.bops(FP32),
+        bits={"weight": FP32.weight_bits, "activation": FP32.activation_bits},
+        tokens_per_layer=evaluation.tokens_per_layer, seconds=round(time.perf_counter() - started, 2),
+        history=trained.history if trained else [],
+    )
+    with atomic_directory(inputs.output_dir) as scratch:
+        save_model(model, tokenizer, scratch)
+        (scratch / "recipe.yaml").write_text(dump_recipe(inputs.recipe))
+        write_json(scratch / RESULT_FILE, result.to_dict())
+    return result
+
+
+
+def train_and_save(config, inputs: StageInputs, model: PrunableModel, tokenizer, task_data: TaskData,
+                   started: float, train_mode: Mode = "drop", groups: list[dict] | None = None,
+                   kept_weight: float = 0.0, keep: str = "best") -> StageResult:
+    """The common body of a training stage: train on the task, evaluate with tokens dropped, save."""
+    eval_mode = "off" if model.spec is None else "drop"
+    trained = train(
+        model,
+        task_data.train_loader(config.batch_size),
+        supervised_loss(task_data.task.is_regression, train_mode, kept_weight),
+        evaluator(task_data, config.eval_batch_size, eval_mode),
+        groups if groups is not None else weight_groups(model, config.weight_decay),
+        config,
+        keep=keep,
+        description=config.name,
+    )
+    return save_stage(inputs, config, model, tokenizer, task_data, trained.best, started, trained)

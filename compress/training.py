@@ -1,0 +1,97 @@
+"""One training loop for every stage: AdamW, linear warmup/decay, clipping, eval each epoch.
+
+Stages differ only in their loss (`loss_fn`), their parameter groups and which checkpoint
+they keep ("best" dev score or "last"); the loop itself is shared.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from compress.evaluate import EvalResult
+
+log = logging.getLogger(__name__)
+
+LossFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict[str, float]]]
+
+
+@dataclass
+class TrainResult:
+    best: EvalResult  # evaluation of the kept checkpoint
+    history: list[dict] = field(default_factory=list)  # per epoch: loss, dev metrics, examples/s
+    steps: int = 0
+    examples_per_s: float = 0.0
+
+
+def linear_warmup_decay(optimizer, warmup_steps: int, total_steps: int):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train(
+    model: nn.Module,
+    loader: DataLoader,
+    loss_fn: LossFn,
+    evaluate_fn: Callable[[nn.Module], EvalResult],
+    param_groups: list[dict],
+    settings,
+    keep: str = "best",
+    description: str = "train",
+) -> TrainResult:
+    """Train for `settings.epochs` (fractions allowed) and restore the kept checkpoint."""
+    optimizer = torch.optim.AdamW(param_groups, lr=settings.lr)
+    total_steps = max(1, math.ceil(len(loader) * settings.epochs))
+    scheduler = linear_warmup_decay(optimizer, int(settings.warmup_ratio * total_steps), total_steps)
+    params = [p for group in param_groups for p in group["params"]]
+    result, best_state, step = None, None, 0
+    history: list[dict] = []
+    examples, seconds = 0, 0.0
+    for epoch in range(math.ceil(settings.epochs)):
+        loader.batch_sampler.set_epoch(epoch)
+        model.train()
+        bar = tqdm(total=min(len(loader), total_steps - step), desc=f"{description} epoch {epoch + 1}",
+                   unit="batch", dynamic_ncols=True, leave=False)
+        losses, started = [], time.perf_counter()
+        for batch in loader:
+            if step >= total_steps:
+                break
+            loss, logs = loss_fn(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            losses.append(loss.item())
+            examples += batch["labels"].shape[0]
+            rate = examples / (seconds + time.perf_counter() - started)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", ex_s=f"{rate:.0f}", **{k: f"{v:.3g}" for k, v in logs.items()})
+            bar.update()
+        bar.close()
+        seconds += time.perf_counter() - started
+        evaluation = evaluate_fn(model)
+        history.append({"epoch": epoch + 1, "step": step, "train_loss": sum(losses) / max(1, len(losses)),
+                        "examples_per_s": examples / seconds, **evaluation.metrics})
+        log.info("%s epoch %d: loss %.4f, %s", description, epoch + 1, history[-1]["train_loss"],
+                 evaluation.metrics)
+        if keep == "last" or result is None or evaluation.main > result.main:
+            result = evaluation
+            best_state = copy.deepcopy(model.state_dict()) if keep == "best" else None
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return TrainResult(best=result, history=history, steps=step, examples_per_s=examples / max(seconds, 1e-9))
