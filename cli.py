@@ -59,14 +59,21 @@ def compress(
     typer.echo(f"summary: {out_dir / 'summary.json'}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Run a command; a user mistake becomes one line on stderr and exit code 2."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
-        app()
+        app(args=argv, standalone_mode=False)
     except UserError as error:
         typer.echo(f"error: {error}", err=True)
-        sys.exit(2)
+        return 2
+    except typer.Exit as done:
+        return done.exit_code
+    except typer.TyperException as error:  # usage errors: missing argument, unknown option
+        typer.echo(f"error: {error.format_message()}", err=True)
+        return getattr(error, "exit_code", 2)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

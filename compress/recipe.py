@@ -153,22 +153,22 @@ def check_pipeline(recipe: Recipe) -> None:
         seen.append(stage.kind)
 
 
-def _raw_stage_problems(raw: dict) -> None:
+def _raw_stage_problems(raw: dict, source: str) -> None:
     """Stage kinds are checked before pydantic so the message names the stage, not a union."""
     stages = raw.get("stages")
     if not isinstance(stages, list):
         return
     for position, stage in enumerate(stages):
         if not isinstance(stage, dict):
-            raise UserError(f"stages[{position}]: expected a mapping with 'name' and 'kind'")
+            raise UserError(f"{source}: stages[{position}]: expected a mapping with 'name' and 'kind'")
         label = stage.get("name", f"[{position}]")
         kind = stage.get("kind")
         if kind not in KNOWN_KINDS:
             raise UserError(
-                f"stages.{label}.kind: unknown stage kind '{kind}' (known: {', '.join(KNOWN_KINDS)})"
+                f"{source}: stages.{label}.kind: unknown stage kind '{kind}' (known: {', '.join(KNOWN_KINDS)})"
             )
         if kind not in IMPLEMENTED:
-            raise UserError(f"stages.{label}.kind: stage kind '{kind}' is not implemented yet")
+            raise UserError(f"{source}: stages.{label}.kind: stage kind '{kind}' is not implemented yet")
 
 
 def _describe(error: ValidationError, raw: dict) -> str:
@@ -194,7 +194,7 @@ def parse_recipe(raw: Any, source: str) -> Recipe:
     """Validate a recipe mapping; `source` names it in error messages."""
     if not isinstance(raw, dict):
         raise UserError(f"{source}: a recipe must be a YAML mapping, got {type(raw).__name__}")
-    _raw_stage_problems(raw)
+    _raw_stage_problems(raw, source)
     try:
         return Recipe.model_validate(raw)
     except ValidationError as error:

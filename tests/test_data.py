@@ -1,7 +1,6 @@
 """Data loading (GLUE folder, hub layout, custom files), slicing, tokenising and batching."""
 
 import json
-import os
 import random
 from pathlib import Path
 
@@ -254,13 +253,6 @@ def test_resolve_data_dir(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- real GLUE files
 
 
-def _real_glue_dir() -> Path:
-    path = Path(os.environ.get("GLUE_DIR") or Path(__file__).resolve().parents[2] / "shared/data/glue")
-    if not (path / "SST-2" / "train.tsv").is_file():
-        pytest.skip(f"real GLUE data is missing (looked in {path}; set GLUE_DIR)")
-    return path
-
-
 @pytest.mark.parametrize(
     "name, need_train, counts",
     [
@@ -272,9 +264,9 @@ def _real_glue_dir() -> Path:
         ("wnli", True, {"train": 635, "validation": 71}),
     ],
 )
-def test_real_glue_row_counts(name, need_train, counts):
+def test_real_glue_row_counts(name, need_train, counts, real_glue_dir):
     task = get_task(name)
-    splits = load_glue(task, _real_glue_dir(), need_train=need_train)
+    splits = load_glue(task, real_glue_dir, need_train=need_train)
     assert {split: len(examples) for split, examples in splits.items()} == counts
     for examples in splits.values():
         assert {e["label"] for e in examples} == set(range(task.num_labels))
