@@ -59,6 +59,30 @@ def compress(
     typer.echo(f"summary: {out_dir / 'summary.json'}")
 
 
+@app.command()
+def sweep(
+    recipe: Path,
+    key: Annotated[str, typer.Option(help="Recipe key to sweep, e.g. stages.ltp_soft.lambda")],
+    values: Annotated[str, typer.Option(help="Comma-separated values, e.g. 0.01,0.02,0.05,0.1")],
+    set_: SetOption = None,
+    data_dir: DataDirOption = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default artifacts/<recipe>-sweep)")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute every stage")] = False,
+) -> None:
+    """Run a recipe once per value of KEY; write sweep.json and an accuracy-vs-GFLOPs plot."""
+    from compress.sweep import run_sweep
+
+    overrides = [*(set_ or []), *([f"data.dir={data_dir}"] if data_dir else [])]
+    name = _load(recipe, set_, data_dir).name
+    out_dir = out or Path("artifacts") / f"{name}-sweep"
+    result = run_sweep(recipe, key, [v.strip() for v in values.split(",") if v.strip()], overrides, out_dir,
+                       use_cache=not no_cache)
+    for row in result["rows"]:
+        typer.echo(f"{key}={row['value']}: {row['metric']} {row['score']:.4f}, "
+                   f"{row['gflops']:.3f} GFLOPs ({row['gflops_reduction']:.2f}x fewer)")
+    typer.echo(f"plot: {out_dir / 'sweep.png'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a command; a user mistake becomes one line on stderr and exit code 2."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")

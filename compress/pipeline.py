@@ -27,7 +27,9 @@ from compress.task_data import prepare_data
 from compress.tasks import get_task
 
 log = logging.getLogger(__name__)
-CODE_VERSION_FILES = sorted(Path(__file__).parent.rglob("*.py"))
+# What a stage computes depends on the library, not on the orchestration modules around it.
+ORCHESTRATION = {"pipeline.py", "sweep.py"}
+CODE_VERSION_FILES = sorted(p for p in Path(__file__).parent.rglob("*.py") if p.name not in ORCHESTRATION)
 
 
 @dataclass
@@ -68,8 +70,13 @@ def preflight(recipe: Recipe) -> None:
             raise UserError(f"stages.{stage.name}.thresholds: no pruning.json in {thresholds}")
 
 
-def plan(recipe: Recipe, out_dir: Path, until: str | None = None) -> list[PlannedStage]:
-    """Inputs and cache key of each stage to run."""
+def plan(recipe: Recipe, out_dir: Path, until: str | None = None,
+         stage_root: Path | None = None) -> list[PlannedStage]:
+    """Inputs and cache key of each stage to run.
+
+    Artifacts go to OUT/stages/<name>; with `stage_root` (sweeps) to <root>/<name>-<key>, so
+    runs that share a prefix of stages share its artifacts.
+    """
     version = code_version()
     shared = recipe.model_dump(mode="json", by_alias=True, include={"model", "task", "seed", "data"})
     upstream_key, model, teacher = version, recipe.model, None
@@ -77,7 +84,7 @@ def plan(recipe: Recipe, out_dir: Path, until: str | None = None) -> list[Planne
     for stage in recipe.until(until):
         config = stage.model_dump(mode="json", by_alias=True)
         key = hashlib.sha256(json.dumps([shared, config, upstream_key], sort_keys=True).encode()).hexdigest()
-        output = out_dir / "stages" / stage.name
+        output = stage_root / f"{stage.name}-{key[:12]}" if stage_root else out_dir / "stages" / stage.name
         planned.append(PlannedStage(stage, StageInputs(recipe, model, output, teacher), key))
         upstream_key, model = key, str(output)
         if stage.kind == "finetune":
@@ -146,11 +153,12 @@ def run_pipeline(
     until: str | None = None,
     use_cache: bool = True,
     execute: Callable[[PlannedStage], StageResult] = run_stage,
+    stage_root: Path | None = None,
 ) -> dict:
     """Run (or reuse) each stage, then write OUT/summary.json and OUT/recipe.yaml."""
     preflight(recipe)
     results = []
-    for step in plan(recipe, Path(out_dir), until):
+    for step in plan(recipe, Path(out_dir), until, stage_root):
         started = time.perf_counter()
         result = cached_result(step) if use_cache else None
         if result is None:

@@ -1,0 +1,34 @@
+"""A sweep over one recipe key shares its unchanged stages and plots metric vs GFLOPs."""
+
+import json
+
+import yaml
+
+from compress.sweep import run_sweep
+
+RECIPE = {
+    "name": "tiny_sweep",
+    "task": "sst2",
+    "data": {"max_train_samples": 64, "max_eval_samples": 32},
+    "stages": [
+        {"name": "finetune", "kind": "finetune", "epochs": 1, "batch_size": 16},
+        {"name": "soft", "kind": "ltp_soft", "epochs": 1, "batch_size": 16, "final_threshold": 0.2,
+         "temperature": 0.01},
+        {"name": "hard", "kind": "ltp_hard", "epochs": 1, "batch_size": 16},
+    ],
+}
+
+
+def test_sweep_shares_the_finetune_stage_and_plots(tmp_path, tiny_model_dir, real_glue_dir):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({**RECIPE, "model": str(tiny_model_dir)}))
+    out = tmp_path / "sweep"
+    sweep = run_sweep(path, "stages.soft.lambda", ["0.0", "0.5"], [f"data.dir={real_glue_dir}"], out)
+    assert [row["value"] for row in sweep["rows"]] == ["0.0", "0.5"]
+    stage_dirs = sorted(p.name.split("-")[0] for p in (out / "stages").iterdir())
+    assert stage_dirs == ["finetune", "hard", "hard", "soft", "soft"], "finetune ran once for both values"
+    for row in sweep["rows"]:
+        summary = json.loads((out / f"lambda={row['value']}" / "summary.json").read_text())
+        assert summary["final"]["gflops"] == row["gflops"] > 0
+    assert json.loads((out / "sweep.json").read_text()) == sweep
+    assert (out / "sweep.png").stat().st_size > 1000
