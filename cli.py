@@ -12,11 +12,17 @@ import typer
 
 from compress.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Compress Hugging Face encoders: fine-tune, Learned Token Pruning, distil, quantise.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Compress Hugging Face encoders: fine-tune, Learned Token Pruning, distil, quantise.",
+)
 
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override a recipe key: dotted.key=value")]
-DataDirOption = Annotated[str | None, typer.Option("--data-dir", help="GLUE-layout folder (else $GLUE_DIR, else hub)")]
+DataDirOption = Annotated[
+    str | None, typer.Option("--data-dir", help="GLUE-layout folder (else $GLUE_DIR, else hub)")
+]
 
 
 def _load(recipe_path: Path, overrides: list[str] | None, data_dir: str | None):
@@ -75,11 +81,19 @@ def sweep(
     overrides = [*(set_ or []), *([f"data.dir={data_dir}"] if data_dir else [])]
     name = _load(recipe, set_, data_dir).name
     out_dir = out or Path("artifacts") / f"{name}-sweep"
-    result = run_sweep(recipe, key, [v.strip() for v in values.split(",") if v.strip()], overrides, out_dir,
-                       use_cache=not no_cache)
+    result = run_sweep(
+        recipe,
+        key,
+        [v.strip() for v in values.split(",") if v.strip()],
+        overrides,
+        out_dir,
+        use_cache=not no_cache,
+    )
     for row in result["rows"]:
-        typer.echo(f"{key}={row['value']}: {row['metric']} {row['score']:.4f}, "
-                   f"{row['gflops']:.3f} GFLOPs ({row['gflops_reduction']:.2f}x fewer)")
+        typer.echo(
+            f"{key}={row['value']}: {row['metric']} {row['score']:.4f}, "
+            f"{row['gflops']:.3f} GFLOPs ({row['gflops_reduction']:.2f}x fewer)"
+        )
     typer.echo(f"plot: {out_dir / 'sweep.png'}")
 
 

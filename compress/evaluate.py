@@ -54,8 +54,9 @@ def split_suffix(split: str, index: int) -> str:
     return "" if index == 0 else "_" + split.removeprefix("validation_")
 
 
-def evaluate(model: PrunableModel, loaders: dict[str, DataLoader], task: TaskSpec,
-             mode: Mode = "drop") -> EvalResult:
+def evaluate(
+    model: PrunableModel, loaders: dict[str, DataLoader], task: TaskSpec, mode: Mode = "drop"
+) -> EvalResult:
     started = time.perf_counter()
     metrics: dict[str, float] = {}
     counts = None
@@ -67,6 +68,11 @@ def evaluate(model: PrunableModel, loaders: dict[str, DataLoader], task: TaskSpe
             counts = (tokens_in, tokens_kept)
             main = scores[task.main_metric]
     cost = cost_from_config(model.config, *counts)
-    return EvalResult(metrics={k: float(np.round(v, 6)) for k, v in metrics.items()}, main=float(main),
-                      tokens_in=counts[0], tokens_kept=counts[1], cost=cost,
-                      seconds=time.perf_counter() - started)
+    return EvalResult(
+        metrics={k: float(np.round(v, 6)) for k, v in metrics.items()},
+        main=float(main),
+        tokens_in=counts[0],
+        tokens_kept=counts[1],
+        cost=cost,
+        seconds=time.perf_counter() - started,
+    )

@@ -33,8 +33,11 @@ class Precision:
     attention_bits: int = 32  # both operands of QK^T and AV
 
     def as_dict(self) -> dict[str, int]:
-        return {"weight": self.weight_bits, "activation": self.activation_bits,
-                "attention": self.attention_bits}
+        return {
+            "weight": self.weight_bits,
+            "activation": self.activation_bits,
+            "attention": self.attention_bits,
+        }
 
 
 FP32 = Precision()
@@ -57,8 +60,9 @@ class EncoderCost:
         return linear + self.attention_macs * precision.attention_bits**2
 
 
-def encoder_cost(hidden_size: int, ffn_size: int, tokens_in: torch.Tensor,
-                 tokens_kept: torch.Tensor) -> EncoderCost:
+def encoder_cost(
+    hidden_size: int, ffn_size: int, tokens_in: torch.Tensor, tokens_kept: torch.Tensor
+) -> EncoderCost:
     """Mean MACs per example from (E, L) counts of tokens entering / surviving each layer."""
     d, f = hidden_size, ffn_size
     n_in, n_keep = tokens_in.double(), tokens_kept.double()  # (E, L)

@@ -26,7 +26,9 @@ def resolve_model(name: str) -> str:
     if path.is_dir():
         return str(path.resolve())
     if name.startswith((".", "/", "~")) or path.suffix or name.count("/") > 1:
-        raise UserError(f"model '{name}': no such directory (give a Hugging Face id, a local path or 'minilm')")
+        raise UserError(
+            f"model '{name}': no such directory (give a Hugging Face id, a local path or 'minilm')"
+        )
     return name
 
 

@@ -70,8 +70,9 @@ def preflight(recipe: Recipe) -> None:
             raise UserError(f"stages.{stage.name}.thresholds: no pruning.json in {thresholds}")
 
 
-def plan(recipe: Recipe, out_dir: Path, until: str | None = None,
-         stage_root: Path | None = None) -> list[PlannedStage]:
+def plan(
+    recipe: Recipe, out_dir: Path, until: str | None = None, stage_root: Path | None = None
+) -> list[PlannedStage]:
     """Inputs and cache key of each stage to run.
 
     Artifacts go to OUT/stages/<name>; with `stage_root` (sweeps) to <root>/<name>-<key>, so
@@ -164,9 +165,15 @@ def run_pipeline(
         if result is None:
             log.info("stage %s (%s): running", step.config.name, step.config.kind)
             result = execute(step)
-        log.info("stage %s: %s = %.4f, %.3f GFLOPs (%.0f s%s)", result.name, result.main_metric,
-                 result.metrics[result.main_metric], result.gflops, time.perf_counter() - started,
-                 ", cached" if result.cached else "")
+        log.info(
+            "stage %s: %s = %.4f, %.3f GFLOPs (%.0f s%s)",
+            result.name,
+            result.main_metric,
+            result.metrics[result.main_metric],
+            result.gflops,
+            time.perf_counter() - started,
+            ", cached" if result.cached else "",
+        )
         results.append(result)
     summary = summarize(recipe, results, baseline_of(recipe, results))
     write_summary(Path(out_dir), recipe, summary)

@@ -165,7 +165,8 @@ def _raw_stage_problems(raw: dict, source: str) -> None:
         kind = stage.get("kind")
         if kind not in KNOWN_KINDS:
             raise UserError(
-                f"{source}: stages.{label}.kind: unknown stage kind '{kind}' (known: {', '.join(KNOWN_KINDS)})"
+                f"{source}: stages.{label}.kind: unknown stage kind '{kind}' "
+                f"(known: {', '.join(KNOWN_KINDS)})"
             )
         if kind not in IMPLEMENTED:
             raise UserError(f"{source}: stages.{label}.kind: stage kind '{kind}' is not implemented yet")

@@ -17,8 +17,14 @@ from compress.recipe import parse_recipe, read_yaml
 log = logging.getLogger(__name__)
 
 
-def run_sweep(recipe_path: Path, key: str, values: list[str], overrides: list[str], out_dir: Path,
-              use_cache: bool = True) -> dict:
+def run_sweep(
+    recipe_path: Path,
+    key: str,
+    values: list[str],
+    overrides: list[str],
+    out_dir: Path,
+    use_cache: bool = True,
+) -> dict:
     """One pipeline per value; returns and writes OUT/sweep.json, and plots OUT/sweep.png."""
     raw = apply_overrides(read_yaml(recipe_path), overrides)
     recipes = [parse_recipe(apply_overrides(raw, [f"{key}={value}"]), str(recipe_path)) for value in values]
@@ -27,12 +33,27 @@ def run_sweep(recipe_path: Path, key: str, values: list[str], overrides: list[st
         run_dir = out_dir / f"{key.split('.')[-1]}={value}"
         summary = run_pipeline(recipe, run_dir, use_cache=use_cache, stage_root=out_dir / "stages")
         final = summary["final"]
-        rows.append({"value": value, "metric": final["metric"], "score": final["value"],
-                     "gflops": final["gflops"], "gflops_reduction": final["gflops_reduction"],
-                     "baseline_score": final["baseline_value"], "baseline_gflops": final["baseline_gflops"],
-                     "tokens_per_layer": summary["stages"][-1]["tokens_per_layer"]})
-        log.info("%s=%s: %s %.4f at %.3f GFLOPs (%.2fx fewer)", key, value, final["metric"],
-                 final["value"], final["gflops"], final["gflops_reduction"])
+        rows.append(
+            {
+                "value": value,
+                "metric": final["metric"],
+                "score": final["value"],
+                "gflops": final["gflops"],
+                "gflops_reduction": final["gflops_reduction"],
+                "baseline_score": final["baseline_value"],
+                "baseline_gflops": final["baseline_gflops"],
+                "tokens_per_layer": summary["stages"][-1]["tokens_per_layer"],
+            }
+        )
+        log.info(
+            "%s=%s: %s %.4f at %.3f GFLOPs (%.2fx fewer)",
+            key,
+            value,
+            final["metric"],
+            final["value"],
+            final["gflops"],
+            final["gflops_reduction"],
+        )
     sweep = {"recipe": recipes[0].name, "key": key, "rows": rows}
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "sweep.json", sweep)
@@ -51,7 +72,9 @@ def plot_sweep(sweep: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([r["gflops"] for r in rows], [r["score"] for r in rows], "o-", label=sweep["key"])
     for row in rows:
-        ax.annotate(str(row["value"]), (row["gflops"], row["score"]), textcoords="offset points", xytext=(4, 4))
+        ax.annotate(
+            str(row["value"]), (row["gflops"], row["score"]), textcoords="offset points", xytext=(4, 4)
+        )
     ax.plot([rows[0]["baseline_gflops"]], [rows[0]["baseline_score"]], "*", markersize=12, label="unpruned")
     ax.set_xlabel("GFLOPs per example (dev set)")
     ax.set_ylabel(rows[0]["metric"])

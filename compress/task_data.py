@@ -39,9 +39,18 @@ def custom_task(recipe: Recipe, labels: tuple[str, ...] | None) -> TaskSpec:
     metric = cfg.metric or ("pearson" if cfg.regression else "accuracy")
     texts = (cfg.text_column, *([cfg.text_pair_column] if cfg.text_pair_column else []))
     return TaskSpec(
-        name="custom", glue_dir="", text_columns=texts, label_column=cfg.label_column, labels=labels,
-        train_file=cfg.train_file or "", eval_files={"validation": cfg.eval_file}, hub_config="",
-        hub_text_columns=texts, hub_eval_splits={}, metrics=(metric,), main_metric=metric,
+        name="custom",
+        glue_dir="",
+        text_columns=texts,
+        label_column=cfg.label_column,
+        labels=labels,
+        train_file=cfg.train_file or "",
+        eval_files={"validation": cfg.eval_file},
+        hub_config="",
+        hub_text_columns=texts,
+        hub_eval_splits={},
+        metrics=(metric,),
+        main_metric=metric,
     )
 
 
@@ -52,8 +61,13 @@ def load_examples(recipe: Recipe, need_train: bool) -> tuple[TaskSpec, dict[str,
         if need_train and not cfg.train_file:
             raise UserError("data.train_file: task 'custom' with a training stage needs a train file")
         splits, labels = data.load_files(
-            cfg.train_file if need_train else None, cfg.eval_file, cfg.text_column,
-            cfg.text_pair_column, cfg.label_column, cfg.labels, cfg.regression,
+            cfg.train_file if need_train else None,
+            cfg.eval_file,
+            cfg.text_column,
+            cfg.text_pair_column,
+            cfg.label_column,
+            cfg.labels,
+            cfg.regression,
         )
         return custom_task(recipe, labels), splits
     task = get_task(recipe.task)
@@ -67,14 +81,18 @@ def prepare_data(recipe: Recipe, tokenizer, need_train: bool = True) -> TaskData
     train = []
     if need_train:
         examples = data.slice_examples(splits.pop("train"), cfg.max_train_samples, recipe.seed, "train")
-        train = data.filter_by_length(data.tokenize(examples, tokenizer, cfg.max_seq_length), cfg.train_length)
+        train = data.filter_by_length(
+            data.tokenize(examples, tokenizer, cfg.max_seq_length), cfg.train_length
+        )
         if not train:
             raise UserError(f"data.train_length: no training example has {cfg.train_length} tokens")
     splits.pop("train", None)
     evals = {}
     for split, rows in splits.items():
         examples = data.slice_examples(rows, cfg.max_eval_samples, recipe.seed, split)
-        tokenized = data.filter_by_length(data.tokenize(examples, tokenizer, cfg.max_seq_length), cfg.eval_length)
+        tokenized = data.filter_by_length(
+            data.tokenize(examples, tokenizer, cfg.max_seq_length), cfg.eval_length
+        )
         if not tokenized:
             raise UserError(f"data.eval_length: no {split} example has {cfg.eval_length} tokens")
         evals[split] = tokenized

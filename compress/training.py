@@ -63,8 +63,13 @@ def train(
     for epoch in range(math.ceil(settings.epochs)):
         loader.batch_sampler.set_epoch(epoch)
         model.train()
-        bar = tqdm(total=min(len(loader), total_steps - step), desc=f"{description} epoch {epoch + 1}",
-                   unit="batch", dynamic_ncols=True, leave=False)
+        bar = tqdm(
+            total=min(len(loader), total_steps - step),
+            desc=f"{description} epoch {epoch + 1}",
+            unit="batch",
+            dynamic_ncols=True,
+            leave=False,
+        )
         losses, started = [], time.perf_counter()
         for batch in loader:
             if step >= total_steps:
@@ -79,15 +84,29 @@ def train(
             losses.append(loss.item())
             examples += batch["labels"].shape[0]
             rate = examples / (seconds + time.perf_counter() - started)
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", ex_s=f"{rate:.0f}", **{k: f"{v:.3g}" for k, v in logs.items()})
+            bar.set_postfix(
+                loss=f"{losses[-1]:.4f}", ex_s=f"{rate:.0f}", **{k: f"{v:.3g}" for k, v in logs.items()}
+            )
             bar.update()
         bar.close()
         seconds += time.perf_counter() - started
         evaluation = evaluate_fn(model)
-        history.append({"epoch": epoch + 1, "step": step, "train_loss": sum(losses) / max(1, len(losses)),
-                        "examples_per_s": examples / seconds, **evaluation.metrics})
-        log.info("%s epoch %d: loss %.4f, %s", description, epoch + 1, history[-1]["train_loss"],
-                 evaluation.metrics)
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "step": step,
+                "train_loss": sum(losses) / max(1, len(losses)),
+                "examples_per_s": examples / seconds,
+                **evaluation.metrics,
+            }
+        )
+        log.info(
+            "%s epoch %d: loss %.4f, %s",
+            description,
+            epoch + 1,
+            history[-1]["train_loss"],
+            evaluation.metrics,
+        )
         if keep == "last" or result is None or evaluation.main > result.main:
             result = evaluation
             best_state = copy.deepcopy(model.state_dict()) if keep == "best" else None

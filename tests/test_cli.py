@@ -102,8 +102,9 @@ def test_data_dir_without_the_task_files(workdir, capsys):
 
 
 def test_empty_dataset_slice(workdir, capsys, real_glue_dir):
-    code, err = run_cli(["compress", QUICKSTART, "--data-dir", real_glue_dir,
-                         "--set", "data.train_length=[500, 600]"], capsys)
+    code, err = run_cli(
+        ["compress", QUICKSTART, "--data-dir", real_glue_dir, "--set", "data.train_length=[500, 600]"], capsys
+    )
     assert_one_line_error(code, err, "data.train_length", "no training example")
     assert_nothing_written(workdir)
 

@@ -15,9 +15,16 @@ from compress.ltp import PrunableModel, PruningSpec, linear_keep_ratios, token_i
 
 # offsets that make layers 1 and 2 both prune, by different amounts per example
 PRUNING = dict(final_threshold=0.09, max_length=16, threshold_offsets=[0.0, 0.03, 0.0])
-TINY = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
-            vocab_size=100, max_position_embeddings=64, num_labels=3,
-            initializer_range=0.2)  # wide init: attention far from uniform, so scores differ
+TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=64,
+    vocab_size=100,
+    max_position_embeddings=64,
+    num_labels=3,
+    initializer_range=0.2,
+)  # wide init: attention far from uniform, so scores differ
 
 
 def tiny_model(kind: str) -> torch.nn.Module:
@@ -26,7 +33,8 @@ def tiny_model(kind: str) -> torch.nn.Module:
         model = BertForSequenceClassification(BertConfig(**TINY, attn_implementation="eager"))
     else:
         model = RobertaForSequenceClassification(
-            RobertaConfig(**TINY, pad_token_id=1, attn_implementation="eager"))
+            RobertaConfig(**TINY, pad_token_id=1, attn_implementation="eager")
+        )
     return model.eval()
 
 
@@ -85,8 +93,9 @@ def test_soft_mask_tends_to_hard_mask_at_low_temperature():
 
 
 def test_gradients_reach_thresholds_in_soft_mode_only():
-    model = PrunableModel(tiny_model("bert"), PruningSpec(final_threshold=0.05, max_length=16,
-                                                         temperature=1e-2))
+    model = PrunableModel(
+        tiny_model("bert"), PruningSpec(final_threshold=0.05, max_length=16, temperature=1e-2)
+    )
     ids, mask = batch_with_mixed_lengths()
     out = model(ids, mask, mode="soft")
     (out.logits.sum() + out.kept_fraction).backward()

@@ -12,8 +12,14 @@ from tests.test_cli import QUICKSTART
 
 pytestmark = pytest.mark.slow
 SLICE = ["--set", "data.max_train_samples=1000", "--set", "data.max_eval_samples=300"]
-FAST = ["--set", "stages.finetune.lr=1e-4", "--set", "stages.ltp_soft.epochs=0.5",
-        "--set", "stages.ltp_hard.epochs=0.5"]
+FAST = [
+    "--set",
+    "stages.finetune.lr=1e-4",
+    "--set",
+    "stages.ltp_soft.epochs=0.5",
+    "--set",
+    "stages.ltp_hard.epochs=0.5",
+]
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +51,17 @@ def test_summary_has_the_contract_shape(quick_run):
     assert {"recipe", "task", "model", "stages", "final"} <= summary.keys()
     assert [s["kind"] for s in summary["stages"]] == ["finetune", "ltp_soft", "ltp_hard"]
     for stage in summary["stages"]:
-        assert {"name", "kind", "metrics", "gflops", "bops", "bits", "tokens_per_layer", "seconds",
-                "cached"} <= stage.keys()
+        assert {
+            "name",
+            "kind",
+            "metrics",
+            "gflops",
+            "bops",
+            "bits",
+            "tokens_per_layer",
+            "seconds",
+            "cached",
+        } <= stage.keys()
         assert len(stage["tokens_per_layer"]) == 6
     final = summary["final"]
     assert final["baseline_gflops"] == summary["stages"][0]["gflops"]

@@ -55,8 +55,16 @@ def test_defaults_and_alias():
 
 
 def test_overrides_are_typed_by_the_schema():
-    raw = apply_overrides(BASE, ["stages.finetune.epochs=1", "stages.soft.lambda=0.05",
-                                 "data.max_train_samples=100", "seed=7", "stages.hard.lr=1e-5"])
+    raw = apply_overrides(
+        BASE,
+        [
+            "stages.finetune.epochs=1",
+            "stages.soft.lambda=0.05",
+            "data.max_train_samples=100",
+            "seed=7",
+            "stages.hard.lr=1e-5",
+        ],
+    )
     recipe = parse_recipe(raw, "t")
     assert recipe.stage("finetune").epochs == 1.0
     assert recipe.stage("soft").lambda_ == 0.05
@@ -92,16 +100,32 @@ def test_until_selects_a_prefix():
         (with_changes(seed="abc"), r"seed: Input should be a valid integer"),
         (with_changes(task="imdb"), r"task: unknown task 'imdb'"),
         (with_changes(stages=[]), r"stages: List should have at least 1 item"),
-        (with_changes(stages=[{"name": "a", "kind": "finetune", "lr": -1}]), r"stages\.a\.lr: .*greater than 0"),
-        (with_changes(stages=[{"name": "a", "kind": "finetune", "epochs": "x"}]), r"stages\.a\.epochs: .*number"),
+        (
+            with_changes(stages=[{"name": "a", "kind": "finetune", "lr": -1}]),
+            r"stages\.a\.lr: .*greater than 0",
+        ),
+        (
+            with_changes(stages=[{"name": "a", "kind": "finetune", "epochs": "x"}]),
+            r"stages\.a\.epochs: .*number",
+        ),
         (with_changes(stages=[{"name": "a", "kind": "finetune", "lr_": 1}]), r"stages\.a\.lr_: unknown key"),
-        (with_changes(stages=[{"name": "a", "kind": "prune"}]), r"stages\.a\.kind: unknown stage kind 'prune'"),
-        (with_changes(stages=[{"name": "a", "kind": "distill"}]), r"stages\.a\.kind: .*'distill' is not implemented"),
+        (
+            with_changes(stages=[{"name": "a", "kind": "prune"}]),
+            r"stages\.a\.kind: unknown stage kind 'prune'",
+        ),
+        (
+            with_changes(stages=[{"name": "a", "kind": "distill"}]),
+            r"stages\.a\.kind: .*'distill' is not implemented",
+        ),
         (with_changes(stages=[{"name": "h", "kind": "ltp_hard"}]), r"stages\.h: ltp_hard needs an ltp_soft"),
-        (with_changes(stages=[{"name": "a", "kind": "finetune"}, {"name": "a", "kind": "finetune"}]),
-         r"duplicate stage name 'a'"),
-        (with_changes(stages=[{"name": "k", "kind": "topk"}, {"name": "s", "kind": "ltp_soft"}]),
-         r"stages\.s: ltp_soft cannot follow"),
+        (
+            with_changes(stages=[{"name": "a", "kind": "finetune"}, {"name": "a", "kind": "finetune"}]),
+            r"duplicate stage name 'a'",
+        ),
+        (
+            with_changes(stages=[{"name": "k", "kind": "topk"}, {"name": "s", "kind": "ltp_soft"}]),
+            r"stages\.s: ltp_soft cannot follow",
+        ),
         (with_changes(task="custom"), r"data\.eval_file: task 'custom' needs"),
         (["not", "a", "mapping"], r"must be a YAML mapping"),
     ],

@@ -12,8 +12,14 @@ RECIPE = {
     "data": {"max_train_samples": 64, "max_eval_samples": 32},
     "stages": [
         {"name": "finetune", "kind": "finetune", "epochs": 1, "batch_size": 16},
-        {"name": "soft", "kind": "ltp_soft", "epochs": 1, "batch_size": 16, "final_threshold": 0.2,
-         "temperature": 0.01},
+        {
+            "name": "soft",
+            "kind": "ltp_soft",
+            "epochs": 1,
+            "batch_size": 16,
+            "final_threshold": 0.2,
+            "temperature": 0.01,
+        },
         {"name": "hard", "kind": "ltp_hard", "epochs": 1, "batch_size": 16},
     ],
 }

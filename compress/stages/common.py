@@ -55,7 +55,7 @@ def supervised_loss(regression: bool, mode: Mode, kept_weight: float = 0.0):
 def weight_groups(model: PrunableModel, weight_decay: float) -> list[dict]:
     """AdamW groups for the Hugging Face weights: no decay on biases and LayerNorm."""
     decay, no_decay = [], []
-    for name, param in model.hf_model.named_parameters():
+    for param in model.hf_model.parameters():
         if param.requires_grad:
             (no_decay if param.ndim < 2 else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -66,18 +66,31 @@ def evaluator(task_data: TaskData, batch_size: int, mode: Mode):
     return lambda model: evaluate(model, loaders, task_data.task, mode=mode)
 
 
-def save_stage(inputs: StageInputs, stage, model: PrunableModel, tokenizer, task_data: TaskData,
-               evaluation: EvalResult, started: float, trained: TrainResult | None = None) -> StageResult:
+def save_stage(
+    inputs: StageInputs,
+    stage,
+    model: PrunableModel,
+    tokenizer,
+    task_data: TaskData,
+    evaluation: EvalResult,
+    started: float,
+    trained: TrainResult | None = None,
+) -> StageResult:
     """Write the artifact (weights, tokenizer, pruning spec, resolved recipe, result) atomically."""
     metrics = dict(evaluation.metrics)
     if trained is not None:
         metrics["train_examples_per_s"] = round(trained.examples_per_s, 2)
     result = StageResult(
-        name=stage.name, kind=stage.kind, artifact=str(inputs.output_dir), metrics=metrics,
-        main_metric=task_data.task.main_metric, gflops=round(evaluation.cost.gflops, 6),
+        name=stage.name,
+        kind=stage.kind,
+        artifact=str(inputs.output_dir),
+        metrics=metrics,
+        main_metric=task_data.task.main_metric,
+        gflops=round(evaluation.cost.gflops, 6),
         bops=evaluation.cost.bops(FP32),
         bits={"weight": FP32.weight_bits, "activation": FP32.activation_bits},
-        tokens_per_layer=evaluation.tokens_per_layer, seconds=round(time.perf_counter() - started, 2),
+        tokens_per_layer=evaluation.tokens_per_layer,
+        seconds=round(time.perf_counter() - started, 2),
         history=trained.history if trained else [],
     )
     with atomic_directory(inputs.output_dir) as scratch:
@@ -87,10 +100,18 @@ def save_stage(inputs: StageInputs, stage, model: PrunableModel, tokenizer, task
     return result
 
 
-
-def train_and_save(config, inputs: StageInputs, model: PrunableModel, tokenizer, task_data: TaskData,
-                   started: float, train_mode: Mode = "drop", groups: list[dict] | None = None,
-                   kept_weight: float = 0.0, keep: str = "best") -> StageResult:
+def train_and_save(
+    config,
+    inputs: StageInputs,
+    model: PrunableModel,
+    tokenizer,
+    task_data: TaskData,
+    started: float,
+    train_mode: Mode = "drop",
+    groups: list[dict] | None = None,
+    kept_weight: float = 0.0,
+    keep: str = "best",
+) -> StageResult:
     """The common body of a training stage: train on the task, evaluate with tokens dropped, save."""
     eval_mode = "off" if model.spec is None else "drop"
     trained = train(

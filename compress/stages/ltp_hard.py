@@ -26,6 +26,8 @@ def run(config: LTPHardConfig, inputs: StageInputs) -> StageResult:
         model.spec = spec
         model.threshold_offsets.data.copy_(model.threshold_offsets.new_tensor(spec.threshold_offsets))
     if model.spec is None or model.spec.method != "ltp":
-        raise UserError(f"stages.{config.name}: the input model has no learned thresholds (run ltp_soft first)")
+        raise UserError(
+            f"stages.{config.name}: the input model has no learned thresholds (run ltp_soft first)"
+        )
     model.threshold_offsets.requires_grad_(False)
     return train_and_save(config, inputs, model, tokenizer, task_data, started)

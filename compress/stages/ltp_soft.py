@@ -27,5 +27,15 @@ def run(config: LTPSoftConfig, inputs: StageInputs) -> StageResult:
     model.threshold_offsets.data.zero_()
     groups = weight_groups(model, config.weight_decay)
     groups.append({"params": [model.threshold_offsets], "lr": config.threshold_lr, "weight_decay": 0.0})
-    return train_and_save(config, inputs, model, tokenizer, task_data, started, train_mode="soft",
-                          groups=groups, kept_weight=config.lambda_, keep="last")
+    return train_and_save(
+        config,
+        inputs,
+        model,
+        tokenizer,
+        task_data,
+        started,
+        train_mode="soft",
+        groups=groups,
+        kept_weight=config.lambda_,
+        keep="last",
+    )
