@@ -52,17 +52,18 @@ def compress(
     until: Annotated[str | None, typer.Option(help="Stop after this stage (by name)")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute every stage")] = False,
 ) -> None:
-    """Run a recipe's stages and write OUT/summary.json."""
-    from compress.pipeline import run_pipeline
+    """Run a recipe's stages (a Prefect flow, tracked in MLflow) and write OUT/summary.json."""
+    from pipelines.flow import check, compress_flow
 
-    resolved = _load(recipe, set_, data_dir)
-    if until is not None:
-        resolved.stage(until)
+    overrides = [*(set_ or []), *([f"data.dir={data_dir}"] if data_dir else [])]
+    resolved = check(recipe, overrides, until, check_data=True)  # bad input: one line, before training
     out_dir = out or Path("artifacts") / resolved.name
-    summary = run_pipeline(resolved, out_dir, until=until, use_cache=not no_cache)
+    summary = compress_flow(str(recipe), overrides, str(out_dir), until, not no_cache)
     final = summary["final"]
     typer.echo(json.dumps(final, indent=2))
     typer.echo(f"summary: {out_dir / 'summary.json'}")
+    if summary["mlflow"]["model_uri"]:
+        typer.echo(f"model: {summary['mlflow']['model_uri']} (tracking: {summary['mlflow']['tracking_uri']})")
 
 
 @app.command()
@@ -95,6 +96,31 @@ def sweep(
             f"{row['gflops']:.3f} GFLOPs ({row['gflops_reduction']:.2f}x fewer)"
         )
     typer.echo(f"plot: {out_dir / 'sweep.png'}")
+
+
+@app.command()
+def pull(
+    model_uri: Annotated[str, typer.Argument(help="Registered model, e.g. models:/sst2_int8@champion")],
+    out: Annotated[
+        Path | None, typer.Option(help="Download folder (default artifacts/pulled/NAME@ALIAS)")
+    ] = None,
+    evaluate: Annotated[bool, typer.Option("--evaluate", help="Evaluate it on its recipe's dev set")] = False,
+    set_: SetOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Download a registered model from MLflow (and evaluate it on its recipe's dev set)."""
+    from pipelines.registry import evaluate_artifact, pull_model
+
+    out_dir = out or Path("artifacts") / "pulled" / model_uri.removeprefix("models:/").replace("/", "_")
+    artifact = pull_model(model_uri, out_dir)
+    typer.echo(f"{model_uri}: pulled to {out_dir}; model artifact: {artifact}")
+    if evaluate:
+        overrides = [*(set_ or []), *([f"data.dir={data_dir}"] if data_dir else [])]
+        result = evaluate_artifact(artifact, overrides)
+        typer.echo(
+            f"{result['metric']} = {result['value']:.4f} on {result['examples']} dev examples, "
+            f"{result['gflops']:.4g} GFLOPs per example"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,13 +12,17 @@ from torch.utils.data import DataLoader
 from compress.flops import EncoderCost, cost_from_config
 from compress.ltp import Mode, PrunableModel
 from compress.metrics import compute_metrics
+from compress.models import load_model, load_tokenizer
+from compress.recipe import Recipe
+from compress.task_data import prepare_data
 from compress.tasks import TaskSpec
 
 
 @dataclass
 class EvalResult:
     metrics: dict[str, float]  # every split's metrics; splits after the first get a suffix
-    main: float  # the task's main metric on the first split (the one checkpoints are chosen by)
+    main_metric: str  # the task's main metric (on the first split: checkpoints are chosen by it)
+    main: float
     tokens_in: torch.Tensor  # (E, L) first split
     tokens_kept: torch.Tensor  # (E, L)
     cost: EncoderCost
@@ -70,9 +74,24 @@ def evaluate(
     cost = cost_from_config(model.config, *counts)
     return EvalResult(
         metrics={k: float(np.round(v, 6)) for k, v in metrics.items()},
+        main_metric=task.main_metric,
         main=float(main),
         tokens_in=counts[0],
         tokens_kept=counts[1],
         cost=cost,
         seconds=time.perf_counter() - started,
     )
+
+
+def evaluate_saved(recipe: Recipe, model_name: str, prune: bool = True, batch_size: int = 128) -> EvalResult:
+    """Load a model (id, path or artifact) and evaluate it on the recipe's dev data.
+
+    prune=False ignores a pruning spec and runs the plain Hugging Face forward.
+    """
+    tokenizer = load_tokenizer(model_name)
+    task_data = prepare_data(recipe, tokenizer, need_train=False)
+    task = task_data.task
+    model = load_model(model_name, task.num_labels, task.is_regression)
+    if not prune:
+        model.spec = None
+    return evaluate(model, task_data.eval_loaders(batch_size), task, mode="drop" if prune else "off")

@@ -18,9 +18,9 @@ from pathlib import Path
 from compress import data
 from compress.artifacts import read_result, write_json
 from compress.errors import UserError
-from compress.evaluate import evaluate
+from compress.evaluate import evaluate_saved
 from compress.flops import FP16, FP32
-from compress.models import load_model, load_tokenizer, resolve_model
+from compress.models import load_tokenizer, resolve_model
 from compress.recipe import Recipe, dump_recipe
 from compress.stages import STAGES, StageInputs, StageResult
 from compress.task_data import prepare_data
@@ -46,8 +46,12 @@ def code_version() -> str:
     return digest.hexdigest()[:16]
 
 
-def preflight(recipe: Recipe) -> None:
-    """Checks that need the file system but no training: model path, data files, thresholds."""
+def preflight(recipe: Recipe, check_data: bool = False) -> None:
+    """Checks that need the file system but no training: model path, data files, thresholds.
+
+    check_data also loads, slices and tokenises the data (seconds), so an empty slice or an
+    unloadable tokenizer is reported before any training starts.
+    """
     resolve_model(recipe.model)
     if recipe.task == "custom":
         for key in ("train_file", "eval_file"):
@@ -68,6 +72,8 @@ def preflight(recipe: Recipe) -> None:
         thresholds = getattr(stage, "thresholds", None)
         if thresholds and not (Path(thresholds) / "pruning.json").is_file():
             raise UserError(f"stages.{stage.name}.thresholds: no pruning.json in {thresholds}")
+    if check_data:
+        prepare_data(recipe, load_tokenizer(recipe.model), need_train=True)
 
 
 def plan(
@@ -102,6 +108,15 @@ def cached_result(step: PlannedStage) -> StageResult | None:
     return result
 
 
+def run_or_reuse(step: PlannedStage, use_cache: bool = True) -> StageResult:
+    """The stage's cached result when its artifact matches the cache key, else a fresh run."""
+    result = cached_result(step) if use_cache else None
+    if result is None:
+        log.info("stage %s (%s): running", step.config.name, step.config.kind)
+        result = run_stage(step)
+    return result
+
+
 def run_stage(step: PlannedStage) -> StageResult:
     """Run one stage and stamp its cache key into the artifact's result file."""
     result = STAGES[step.config.kind](step.config, step.inputs)
@@ -115,11 +130,7 @@ def baseline_of(recipe: Recipe, results: list[StageResult]) -> dict:
     for result in results:
         if result.kind == "finetune":
             return {"value": result.metrics[result.main_metric], "gflops": result.gflops, "bops": result.bops}
-    tokenizer = load_tokenizer(recipe.model)
-    task_data = prepare_data(recipe, tokenizer, need_train=False)
-    model = load_model(recipe.model, task_data.task.num_labels, task_data.task.is_regression)
-    model.spec = None
-    evaluation = evaluate(model, task_data.eval_loaders(128), task_data.task, mode="off")
+    evaluation = evaluate_saved(recipe, recipe.model, prune=False)
     return {"value": evaluation.main, "gflops": evaluation.cost.gflops, "bops": evaluation.cost.bops(FP32)}
 
 
@@ -153,18 +164,19 @@ def run_pipeline(
     out_dir: Path,
     until: str | None = None,
     use_cache: bool = True,
-    execute: Callable[[PlannedStage], StageResult] = run_stage,
+    execute: Callable[[PlannedStage], StageResult] | None = None,
     stage_root: Path | None = None,
 ) -> dict:
-    """Run (or reuse) each stage, then write OUT/summary.json and OUT/recipe.yaml."""
+    """Run (or reuse) each stage, then write OUT/summary.json and OUT/recipe.yaml.
+
+    `execute` runs one planned stage (default: `run_or_reuse` with `use_cache`); the Prefect
+    flow passes one that runs it as a task.
+    """
     preflight(recipe)
     results = []
     for step in plan(recipe, Path(out_dir), until, stage_root):
         started = time.perf_counter()
-        result = cached_result(step) if use_cache else None
-        if result is None:
-            log.info("stage %s (%s): running", step.config.name, step.config.kind)
-            result = execute(step)
+        result = execute(step) if execute else run_or_reuse(step, use_cache)
         log.info(
             "stage %s: %s = %.4f, %.3f GFLOPs (%.0f s%s)",
             result.name,

@@ -6,6 +6,7 @@ shared (artifacts under OUT/stages/<name>-<key>); each value gets OUT/<key>=<val
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -54,11 +55,28 @@ def run_sweep(
             final["gflops"],
             final["gflops_reduction"],
         )
-    sweep = {"recipe": recipes[0].name, "key": key, "rows": rows}
+    sweep = {
+        "recipe": recipes[0].name,
+        "key": key,
+        "rows": _merge_earlier(out_dir, recipes[0].name, key, rows),
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "sweep.json", sweep)
     plot_sweep(sweep, out_dir / "sweep.png")
     return sweep
+
+
+def _merge_earlier(out_dir: Path, recipe: str, key: str, rows: list[dict]) -> list[dict]:
+    """Rows of an earlier sweep of the same recipe and key in OUT, extended (and updated) by `rows`.
+
+    So a sweep can be widened later (more values) without re-running the values it already has.
+    """
+    path = out_dir / "sweep.json"
+    earlier = json.loads(path.read_text()) if path.is_file() else {}
+    if earlier.get("recipe") != recipe or earlier.get("key") != key:
+        return rows
+    new_values = {row["value"] for row in rows}
+    return [row for row in earlier["rows"] if row["value"] not in new_values] + rows
 
 
 def plot_sweep(sweep: dict, path: Path) -> None:

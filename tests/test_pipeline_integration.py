@@ -23,7 +23,7 @@ FAST = [
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
+def quick_run(tmp_path_factory, prefect_harness):
     """One quickstart run on a small slice, shared by the tests below."""
     from tests.conftest import real_glue_path
 

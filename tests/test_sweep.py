@@ -38,3 +38,13 @@ def test_sweep_shares_the_finetune_stage_and_plots(tmp_path, tiny_model_dir, rea
         assert summary["final"]["gflops"] == row["gflops"] > 0
     assert json.loads((out / "sweep.json").read_text()) == sweep
     assert (out / "sweep.png").stat().st_size > 1000
+
+
+def test_a_widened_sweep_keeps_the_earlier_values(tmp_path, tiny_model_dir, real_glue_dir):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({**RECIPE, "model": str(tiny_model_dir)}))
+    out, overrides = tmp_path / "sweep", [f"data.dir={real_glue_dir}"]
+    run_sweep(path, "stages.soft.lambda", ["0.0"], overrides, out)
+    sweep = run_sweep(path, "stages.soft.lambda", ["0.5"], overrides, out)
+    assert [row["value"] for row in sweep["rows"]] == ["0.0", "0.5"]
+    assert len([p for p in (out / "stages").iterdir() if p.name.startswith("finetune")]) == 1

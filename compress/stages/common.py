@@ -46,7 +46,7 @@ def supervised_loss(regression: bool, mode: Mode, kept_weight: float = 0.0):
         logs = {}
         if kept_weight:
             loss = loss + kept_weight * out.kept_fraction
-            logs["kept"] = float(out.kept_fraction) / model.num_layers
+            logs["kept"] = float(out.kept_fraction.detach()) / model.num_layers
         return loss, logs
 
     return loss_fn

@@ -1,0 +1,93 @@
+"""The Prefect flow: a recipe's stages as Prefect tasks, each a nested MLflow run.
+
+The loop over stages is `compress.pipeline.run_pipeline`'s own; the flow hands it an `execute`
+that runs each stage as the task `run_stage_task`. The artifact cache lookup happens inside
+the task, so a reused stage still shows as a task and gets its nested run, tagged cached=true. Tasks take
+plans (paths and configs), never models. Without PREFECT_API_URL, Prefect starts its
+ephemeral API; with it, runs are recorded on that server.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from compress.artifacts import read_result
+from compress.pipeline import PlannedStage, preflight, run_or_reuse, run_pipeline, write_summary
+from compress.recipe import Recipe, load_recipe
+from compress.stages import StageResult
+from pipelines import tracking
+from pipelines.registry import DEFAULT_ALIAS, register_model
+
+# Prefect's API client logs every HTTP request at INFO through httpx; the CLI logs at INFO.
+if logging.getLogger("httpx").level == logging.NOTSET:
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def check(
+    recipe_path: str | Path, overrides: list[str], until: str | None, check_data: bool = False
+) -> Recipe:
+    """What can fail before training: recipe, --until, model, data (files; with check_data the
+    slices too), tracking store."""
+    recipe = load_recipe(recipe_path, overrides)
+    if until is not None:
+        recipe.stage(until)
+    preflight(recipe, check_data)
+    tracking.check_tracking()
+    return recipe
+
+
+# Prefect's caching is off: compress.pipeline.cached_result is the cache (keyed on config,
+# upstream keys and code version), and hashing task inputs would buy nothing.
+@task(name="run_stage", retries=0, cache_policy=NO_CACHE, task_run_name="{step.config.name}")
+def run_stage_task(
+    step: PlannedStage, use_cache: bool = True, parent_run_id: str | None = None
+) -> StageResult:
+    """Reuse the stage's artifact when its cache key matches, else run the stage; log a nested run."""
+    with tracking.stage_run(parent_run_id, step) as run:
+        result = run_or_reuse(step, use_cache)
+        if run is not None:
+            tracking.log_stage(run.info.run_id, result)
+    return result
+
+
+@task(name="register_model", retries=0, cache_policy=NO_CACHE)
+def register_task(recipe: Recipe, artifact_dir: str, alias: str = DEFAULT_ALIAS) -> str:
+    """The final artifact as registered model recipe.name, alias `alias` (logged in the active run)."""
+    return register_model(recipe, Path(artifact_dir), read_result(Path(artifact_dir))["cache_key"], alias)
+
+
+@flow(name="compress")
+def compress_flow(
+    recipe_path: str,
+    overrides: list[str] | None = None,
+    out_dir: str | None = None,
+    until: str | None = None,
+    use_cache: bool = True,
+) -> dict:
+    """Run (or reuse) a recipe's stages, register the final model, write OUT/summary.json.
+
+    The final model is registered only when the whole recipe ran (not with --until an earlier
+    stage): a teacher is not a champion. summary.json gets an "mlflow" block.
+    """
+    recipe = check(recipe_path, overrides or [], until)
+    out = Path(out_dir) if out_dir else Path("artifacts") / recipe.name
+    with tracking.pipeline_run(recipe) as parent:
+        run_id = parent.info.run_id
+        summary = run_pipeline(
+            recipe, out, until, execute=lambda step: run_stage_task(step, use_cache, run_id)
+        )
+        model_uri = None
+        if until is None or until == recipe.stages[-1].name:
+            model_uri = register_task(recipe, summary["stages"][-1]["artifact"])
+        summary["mlflow"] = {
+            "tracking_uri": tracking.tracking_uri(),
+            "run_id": run_id,
+            "model_uri": model_uri,
+        }
+        write_summary(out, recipe, summary)
+        tracking.log_summary(run_id, summary, out / "summary.json")
+    return summary

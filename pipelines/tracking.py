@@ -1,0 +1,238 @@
+"""MLflow tracking: one parent run per pipeline, one nested run per stage.
+
+Store: `MLFLOW_TRACKING_URI` when set, else the embedded SQLite file `<repo>/artifacts/mlflow.db`.
+With a SQLite store, run and model artifacts go to `mlruns/` beside the database file (set
+explicitly on the experiment, so it does not depend on the working directory); a tracking
+server decides its own artifact location. One experiment per recipe name.
+
+Per stage run: params = the resolved stage config (flattened); metrics = the task metrics,
+gflops, bops, bits, seconds, `tokens_layer_<i>`; per-epoch history as step metrics (step =
+epoch): `train_loss` and `epoch_<metric>` (dev metrics after that epoch; the unprefixed
+metric is the kept checkpoint's); tags `cached`, `kind`; a `tokens_per_layer.png` plot when
+the stage's model prunes.
+
+A run ends FAILED when its block raises. A process killed outright cannot end its run, so
+every run records `ltp.pid` and `ltp.host`, and the next pipeline start marks RUNNING runs of
+the experiment whose process is gone (same host) as FAILED.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlparse
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from compress.errors import UserError
+from compress.ltp import PRUNING_FILE
+from compress.pipeline import PlannedStage
+from compress.recipe import Recipe, dump_recipe
+from compress.stages import StageResult
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DB = REPO / "artifacts" / "mlflow.db"
+PID_TAG, HOST_TAG = "ltp.pid", "ltp.host"
+HEALTH_TIMEOUT_S = 2.0
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI, else the embedded SQLite store under artifacts/."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_DB}"
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def check_tracking(uri: str | None = None) -> str:
+    """Fail fast, before any training, when the tracking store cannot be reached. Returns the URI."""
+    uri = uri or tracking_uri()
+    scheme = urlparse(uri).scheme
+    if scheme in ("http", "https"):
+        health = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(health, timeout=HEALTH_TIMEOUT_S):
+                pass
+        except urllib.error.HTTPError as error:
+            if error.code >= 500:  # e.g. a proxy's 502: nothing behind it
+                raise UserError(f"MLflow tracking server {uri} is not healthy (HTTP {error.code})") from None
+            # 4xx: something answers (auth, a path prefix); MLflow reports the details itself
+        except (OSError, ValueError) as error:
+            reason = getattr(error, "reason", error)
+            raise UserError(
+                f"MLflow tracking server {uri} is unreachable ({reason}): start it, or unset "
+                "MLFLOW_TRACKING_URI to use the local SQLite store"
+            ) from None
+    elif (path := _sqlite_path(uri)) is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"MLflow tracking store {uri}: cannot create {path.parent} ({error})") from None
+    return uri
+
+
+def use_tracking_store() -> str:
+    """Point MLflow's fluent API (and the registry) at the store; returns the URI."""
+    uri = check_tracking()
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
+    """The experiment for a recipe; created with an explicit artifact location for SQLite stores."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    path = _sqlite_path(uri)
+    location = (path.parent / "mlruns").resolve().as_uri() if path is not None else None
+    return client.create_experiment(name, artifact_location=location)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def fail_orphaned_runs(client: MlflowClient, experiment: str) -> list[str]:
+    """Mark RUNNING runs whose process (recorded in tags, this host) is gone as FAILED."""
+    orphaned = []
+    for run in client.search_runs([experiment], filter_string="attributes.status = 'RUNNING'"):
+        tags = run.data.tags
+        pid = tags.get(PID_TAG)
+        if tags.get(HOST_TAG) != socket.gethostname() or not (pid and pid.isdigit()):
+            continue
+        if not _pid_alive(int(pid)):
+            client.set_terminated(run.info.run_id, status="FAILED")
+            orphaned.append(run.info.run_id)
+    if orphaned:
+        log.warning("marked %d run(s) of dead processes as FAILED: %s", len(orphaned), ", ".join(orphaned))
+    return orphaned
+
+
+def _process_tags() -> dict[str, str]:
+    return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+
+
+def flatten(payload: dict, prefix: str = "") -> dict[str, str]:
+    """{"data": {"max_seq_length": 128}} -> {"data.max_seq_length": "128"}."""
+    flat = {}
+    for key, value in payload.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = str(value)
+    return flat
+
+
+@contextmanager
+def pipeline_run(recipe: Recipe) -> Iterator[mlflow.ActiveRun]:
+    """The parent run of one pipeline (FAILED if the block raises)."""
+    uri = use_tracking_store()
+    client = MlflowClient(uri)
+    experiment = experiment_id(client, recipe.name, uri)
+    fail_orphaned_runs(client, experiment)
+    shared = recipe.model_dump(mode="json", by_alias=True, include={"seed", "data"})
+    params = {"recipe": recipe.name, "task": recipe.task, "model": recipe.model, **flatten(shared)}
+    with mlflow.start_run(experiment_id=experiment, run_name=recipe.name, tags=_process_tags()) as run:
+        client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
+        client.log_text(run.info.run_id, dump_recipe(recipe), "recipe.yaml")
+        yield run
+
+
+def log_summary(run_id: str, summary: dict, summary_path: Path) -> None:
+    """The final block as parent-run metrics (`final_<key>`), summary.json as an artifact, and the
+    cached tag (true when every stage was reused)."""
+    client = MlflowClient()
+    final = summary["final"]
+    now = _now_ms()
+    metrics = [
+        Metric(f"final_{key}", float(value), now, 0)
+        for key, value in final.items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    ]
+    cached = all(stage["cached"] for stage in summary["stages"])
+    client.log_batch(run_id, metrics=metrics, tags=[RunTag("cached", str(cached).lower())])
+    client.log_artifact(run_id, str(summary_path))
+
+
+@contextmanager
+def stage_run(parent_run_id: str | None, step: PlannedStage) -> Iterator[mlflow.ActiveRun | None]:
+    """A nested run for one stage under the pipeline's run (no run when there is no parent)."""
+    if parent_run_id is None:
+        yield None
+        return
+    parent = MlflowClient().get_run(parent_run_id)
+    tags = {**_process_tags(), "kind": step.config.kind, "cache_key": step.cache_key}
+    with mlflow.start_run(
+        experiment_id=parent.info.experiment_id,
+        run_name=step.config.name,
+        nested=True,
+        parent_run_id=parent_run_id,
+        tags=tags,
+    ) as run:
+        config = step.config.model_dump(mode="json", by_alias=True)
+        MlflowClient().log_batch(run.info.run_id, params=[Param(k, v) for k, v in flatten(config).items()])
+        yield run
+
+
+def log_stage(run_id: str, result: StageResult) -> None:
+    """Metrics, per-epoch history, the cached tag and (when the model prunes) a tokens plot."""
+    client = MlflowClient()
+    metrics = dict(result.metrics)
+    metrics.update(gflops=result.gflops, bops=result.bops, seconds=result.seconds)
+    metrics.update({f"bits_{key}": value for key, value in result.bits.items()})
+    metrics.update({f"tokens_layer_{i}": value for i, value in enumerate(result.tokens_per_layer)})
+    now = _now_ms()
+    rows = [Metric(key, float(value), now, 0) for key, value in metrics.items()]
+    for epoch in result.history:
+        step = int(epoch.get("epoch", 0))
+        for key, value in epoch.items():
+            if key in ("epoch", "step") or not isinstance(value, int | float):
+                continue
+            name = key if key == "train_loss" else f"epoch_{key}"
+            rows.append(Metric(name, float(value), now, step))
+    client.log_batch(run_id, metrics=rows, tags=[RunTag("cached", str(result.cached).lower())])
+    if (Path(result.artifact) / PRUNING_FILE).is_file():
+        log_tokens_plot(client, run_id, result)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def log_tokens_plot(client: MlflowClient, run_id: str, result: StageResult) -> None:
+    """Bar chart of the mean number of tokens entering each layer (dev set): tokens_per_layer.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tokens = result.tokens_per_layer
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.bar(range(len(tokens)), tokens, color="tab:blue")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("mean tokens entering")
+    ax.set_title(f"{result.name}: {result.gflops:.3g} GFLOPs / example")
+    ax.set_xticks(range(len(tokens)))
+    fig.tight_layout()
+    try:
+        client.log_figure(run_id, fig, "tokens_per_layer.png")
+    finally:
+        plt.close(fig)
