@@ -76,8 +76,8 @@ def sweep(
     out: Annotated[Path | None, typer.Option(help="Output folder (default artifacts/<recipe>-sweep)")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute every stage")] = False,
 ) -> None:
-    """Run a recipe once per value of KEY; write sweep.json and an accuracy-vs-GFLOPs plot."""
-    from compress.sweep import run_sweep
+    """Run a recipe once per value of KEY; write sweep_KEY.json and an accuracy-vs-GFLOPs plot."""
+    from compress.sweep import run_sweep, sweep_file
 
     overrides = [*(set_ or []), *([f"data.dir={data_dir}"] if data_dir else [])]
     name = _load(recipe, set_, data_dir).name
@@ -95,7 +95,7 @@ def sweep(
             f"{key}={row['value']}: {row['metric']} {row['score']:.4f}, "
             f"{row['gflops']:.3f} GFLOPs ({row['gflops_reduction']:.2f}x fewer)"
         )
-    typer.echo(f"plot: {out_dir / 'sweep.png'}")
+    typer.echo(f"plot: {sweep_file(out_dir, key, '.png')}")
 
 
 @app.command()

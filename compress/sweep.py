@@ -1,7 +1,8 @@
 """Sweeps: run a recipe once per value of one key and plot the metric against GFLOPs.
 
 Stages before the swept one have the same cache key in every run, so they run once and are
-shared (artifacts under OUT/stages/<name>-<key>); each value gets OUT/<key>=<value>/summary.json.
+shared (artifacts under OUT/stages/<name>-<key>); each value gets OUT/<key>=<value>/summary.json,
+and the sweep OUT/sweep_<key>.json and OUT/sweep_<key>.png (so sweeps of several keys can share OUT).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def run_sweep(
     out_dir: Path,
     use_cache: bool = True,
 ) -> dict:
-    """One pipeline per value; returns and writes OUT/sweep.json, and plots OUT/sweep.png."""
+    """One pipeline per value; returns and writes OUT/sweep_<key>.json, and plots OUT/sweep_<key>.png."""
     raw = apply_overrides(read_yaml(recipe_path), overrides)
     recipes = [parse_recipe(apply_overrides(raw, [f"{key}={value}"]), str(recipe_path)) for value in values]
     rows = []
@@ -61,9 +62,13 @@ def run_sweep(
         "rows": _merge_earlier(out_dir, recipes[0].name, key, rows),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "sweep.json", sweep)
-    plot_sweep(sweep, out_dir / "sweep.png")
+    write_json(sweep_file(out_dir, key, ".json"), sweep)
+    plot_sweep(sweep, sweep_file(out_dir, key, ".png"))
     return sweep
+
+
+def sweep_file(out_dir: Path, key: str, suffix: str) -> Path:
+    return out_dir / f"sweep_{key}{suffix}"
 
 
 def _merge_earlier(out_dir: Path, recipe: str, key: str, rows: list[dict]) -> list[dict]:
@@ -71,7 +76,7 @@ def _merge_earlier(out_dir: Path, recipe: str, key: str, rows: list[dict]) -> li
 
     So a sweep can be widened later (more values) without re-running the values it already has.
     """
-    path = out_dir / "sweep.json"
+    path = sweep_file(out_dir, key, ".json")
     earlier = json.loads(path.read_text()) if path.is_file() else {}
     if earlier.get("recipe") != recipe or earlier.get("key") != key:
         return rows

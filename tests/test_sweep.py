@@ -36,8 +36,8 @@ def test_sweep_shares_the_finetune_stage_and_plots(tmp_path, tiny_model_dir, rea
     for row in sweep["rows"]:
         summary = json.loads((out / f"lambda={row['value']}" / "summary.json").read_text())
         assert summary["final"]["gflops"] == row["gflops"] > 0
-    assert json.loads((out / "sweep.json").read_text()) == sweep
-    assert (out / "sweep.png").stat().st_size > 1000
+    assert json.loads((out / "sweep_stages.soft.lambda.json").read_text()) == sweep
+    assert (out / "sweep_stages.soft.lambda.png").stat().st_size > 1000
 
 
 def test_a_widened_sweep_keeps_the_earlier_values(tmp_path, tiny_model_dir, real_glue_dir):
