@@ -11,14 +11,11 @@ from compress.models import load_model
 from tests.test_cli import QUICKSTART
 
 pytestmark = pytest.mark.slow
-SLICE = ["--set", "data.max_train_samples=1000", "--set", "data.max_eval_samples=300"]
+SLICE = ["--set", "data.max_train_samples=800", "--set", "data.max_eval_samples=300"]
 FAST = [
-    "--set",
-    "stages.finetune.lr=1e-4",
-    "--set",
-    "stages.ltp_soft.epochs=0.5",
-    "--set",
-    "stages.ltp_hard.epochs=0.5",
+    *("--set", "stages.finetune.lr=1e-4", "--set", "stages.finetune.epochs=3"),
+    *("--set", "stages.finetune.batch_size=16"),
+    *("--set", "stages.ltp_soft.epochs=0.5", "--set", "stages.ltp_hard.epochs=0.5"),
 ]
 
 
@@ -41,7 +38,9 @@ def test_finetuned_minilm_beats_chance_on_sst2_dev(quick_run):
     summary = json.loads((out / "summary.json").read_text())
     finetune = summary["stages"][0]
     assert finetune["kind"] == "finetune"
-    assert finetune["metrics"]["accuracy"] > 0.65, "1000 examples should take MiniLM well past chance"
+    assert finetune["metrics"]["accuracy"] > 0.65, (
+        "800 examples should take MiniLM well past chance (0.80 measured)"
+    )
     assert finetune["metrics"]["train_examples_per_s"] > 0
 
 
