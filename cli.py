@@ -25,11 +25,15 @@ DataDirOption = Annotated[
 ]
 
 
-def _load(recipe_path: Path, overrides: list[str] | None, data_dir: str | None):
+def _overrides(set_: list[str] | None, data_dir: str | None) -> list[str]:
+    """--set overrides, with --data-dir as one more (data.dir=DIR)."""
+    return [*(set_ or []), *([f"data.dir={data_dir}"] if data_dir else [])]
+
+
+def _load(recipe_path: Path, set_: list[str] | None, data_dir: str | None):
     from compress.recipe import load_recipe
 
-    extra = [f"data.dir={data_dir}"] if data_dir else []
-    return load_recipe(recipe_path, [*(overrides or []), *extra])
+    return load_recipe(recipe_path, _overrides(set_, data_dir))
 
 
 @app.command()
@@ -55,7 +59,7 @@ def compress(
     """Run a recipe's stages (a Prefect flow, tracked in MLflow) and write OUT/summary.json."""
     from pipelines.flow import check, compress_flow
 
-    overrides = [*(set_ or []), *([f"data.dir={data_dir}"] if data_dir else [])]
+    overrides = _overrides(set_, data_dir)
     resolved = check(recipe, overrides, until, check_data=True)  # bad input: one line, before training
     out_dir = out or Path("artifacts") / resolved.name
     summary = compress_flow(str(recipe), overrides, str(out_dir), until, not no_cache)
@@ -79,7 +83,7 @@ def sweep(
     """Run a recipe once per value of KEY; write sweep_KEY.json and an accuracy-vs-GFLOPs plot."""
     from compress.sweep import run_sweep, sweep_file
 
-    overrides = [*(set_ or []), *([f"data.dir={data_dir}"] if data_dir else [])]
+    overrides = _overrides(set_, data_dir)
     name = _load(recipe, set_, data_dir).name
     out_dir = out or Path("artifacts") / f"{name}-sweep"
     result = run_sweep(
@@ -115,7 +119,7 @@ def pull(
     artifact = pull_model(model_uri, out_dir)
     typer.echo(f"{model_uri}: pulled to {out_dir}; model artifact: {artifact}")
     if evaluate:
-        overrides = [*(set_ or []), *([f"data.dir={data_dir}"] if data_dir else [])]
+        overrides = _overrides(set_, data_dir)
         result = evaluate_artifact(artifact, overrides)
         typer.echo(
             f"{result['metric']} = {result['value']:.4f} on {result['examples']} dev examples, "
