@@ -6,7 +6,6 @@ half-written directory that looks complete.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -54,15 +53,3 @@ def read_result(directory: Path) -> dict | None:
     """The stage result of a complete artifact, or None."""
     path = Path(directory) / RESULT_FILE
     return json.loads(path.read_text()) if path.exists() else None
-
-
-def directory_digest(directory: Path) -> str:
-    """sha256 over the relative names and bytes of every file (for cache keys)."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(directory).rglob("*")):
-        if path.is_file():
-            digest.update(str(path.relative_to(directory)).encode())
-            with path.open("rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(chunk)
-    return digest.hexdigest()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import transformers
@@ -10,10 +9,6 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from compress.errors import UserError
 from compress.ltp import PrunableModel, PruningSpec
-
-log = logging.getLogger(__name__)
-
-ALIASES = ("minilm",)
 
 
 def resolve_model(name: str) -> str:

@@ -35,8 +35,11 @@ CODE_VERSION_FILES = sorted(p for p in Path(__file__).parent.rglob("*.py") if p.
 @dataclass
 class PlannedStage:
     config: object
-    inputs: StageInputs
-    cache_key: str
+    inputs: StageInputs  # inputs.cache_key: stage config + upstream key + recipe data/model/seed + code
+
+    @property
+    def cache_key(self) -> str:
+        return self.inputs.cache_key
 
 
 def code_version() -> str:
@@ -92,7 +95,7 @@ def plan(
         config = stage.model_dump(mode="json", by_alias=True)
         key = hashlib.sha256(json.dumps([shared, config, upstream_key], sort_keys=True).encode()).hexdigest()
         output = stage_root / f"{stage.name}-{key[:12]}" if stage_root else out_dir / "stages" / stage.name
-        planned.append(PlannedStage(stage, StageInputs(recipe, model, output, teacher), key))
+        planned.append(PlannedStage(stage, StageInputs(recipe, model, output, teacher, key)))
         upstream_key, model = key, str(output)
         if stage.kind == "finetune":
             teacher = str(output)
@@ -118,11 +121,8 @@ def run_or_reuse(step: PlannedStage, use_cache: bool = True) -> StageResult:
 
 
 def run_stage(step: PlannedStage) -> StageResult:
-    """Run one stage and stamp its cache key into the artifact's result file."""
-    result = STAGES[step.config.kind](step.config, step.inputs)
-    path = step.inputs.output_dir / "result.json"
-    write_json(path, {**json.loads(path.read_text()), "cache_key": step.cache_key})
-    return result
+    """Run one stage (its artifact carries the cache key)."""
+    return STAGES[step.config.kind](step.config, step.inputs)
 
 
 def baseline_of(recipe: Recipe, results: list[StageResult]) -> dict:

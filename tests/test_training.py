@@ -3,6 +3,7 @@
 import copy
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -61,3 +62,28 @@ def test_the_best_epoch_is_restored(tmp_path, tiny_model_dir, real_glue_dir):
     for key, value in model.state_dict().items():
         assert torch.equal(value, states[1][key]), key
     assert not torch.equal(states[1]["hf_model.classifier.weight"], states[2]["hf_model.classifier.weight"])
+
+
+def test_ltp_hard_takes_thresholds_from_an_artifact_and_keeps_them_frozen(
+    tmp_path, tiny_model_dir, real_glue_dir
+):
+    from compress.ltp import PruningSpec
+
+    spec = PruningSpec(final_threshold=0.05, max_length=64, threshold_offsets=[0.0, 0.01])
+    (tmp_path / "thresholds").mkdir()
+    spec.save(tmp_path / "thresholds")
+    raw = tiny_recipe(tiny_model_dir, real_glue_dir).model_dump(mode="json", by_alias=True)
+    raw["stages"] = [
+        {
+            "name": "hard",
+            "kind": "ltp_hard",
+            "epochs": 1,
+            "batch_size": 16,
+            "thresholds": str(tmp_path / "thresholds"),
+        }
+    ]
+    recipe = parse_recipe(raw, "tiny")
+    result = STAGES["ltp_hard"](recipe.stages[0], StageInputs(recipe, str(tiny_model_dir), tmp_path / "out"))
+    saved = PruningSpec.load(tmp_path / "out")
+    assert saved.threshold_offsets == pytest.approx([0.0, 0.01]) and saved.final_threshold == 0.05
+    assert result.kind == "ltp_hard"

@@ -14,6 +14,7 @@ class StageInputs:
     model: str  # hub id / path / alias, or the previous stage's artifact directory
     output_dir: Path  # this stage's artifact directory (written atomically)
     teacher: str | None = None  # the finetune stage's artifact, for distillation
+    cache_key: str | None = None  # stamped into result.json: the pipeline reuses a matching artifact
 
 
 @dataclass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 
 import torch
@@ -18,14 +17,12 @@ from compress.stages.base import StageInputs, StageResult
 from compress.task_data import TaskData, prepare_data
 from compress.training import TrainResult, train
 
-log = logging.getLogger(__name__)
 
-
-def load_inputs(inputs: StageInputs, need_train: bool = True) -> tuple[PrunableModel, object, TaskData]:
+def load_inputs(inputs: StageInputs) -> tuple[PrunableModel, object, TaskData]:
     """Tokenizer, task data and model for a stage (seeded, so runs repeat exactly on CPU)."""
     torch.manual_seed(inputs.recipe.seed)
     tokenizer = load_tokenizer(inputs.model)
-    task_data = prepare_data(inputs.recipe, tokenizer, need_train=need_train)
+    task_data = prepare_data(inputs.recipe, tokenizer)
     task = task_data.task
     model = load_model(inputs.model, task.num_labels, task.is_regression)
     return model, tokenizer, task_data
@@ -96,7 +93,7 @@ def save_stage(
     with atomic_directory(inputs.output_dir) as scratch:
         save_model(model, tokenizer, scratch)
         (scratch / "recipe.yaml").write_text(dump_recipe(inputs.recipe))
-        write_json(scratch / RESULT_FILE, result.to_dict())
+        write_json(scratch / RESULT_FILE, {**result.to_dict(), "cache_key": inputs.cache_key})
     return result
 
 

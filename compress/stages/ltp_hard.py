@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from compress.errors import UserError
-from compress.ltp import PruningSpec
+from compress.ltp import PrunableModel, PruningSpec
 from compress.recipe import LTPHardConfig
 from compress.stages.base import StageInputs, StageResult
 from compress.stages.common import load_inputs, train_and_save
@@ -23,8 +23,7 @@ def run(config: LTPHardConfig, inputs: StageInputs) -> StageResult:
         spec = PruningSpec.load(Path(config.thresholds))
         if spec is None:
             raise UserError(f"stages.{config.name}.thresholds: no pruning.json in {config.thresholds}")
-        model.spec = spec
-        model.threshold_offsets.data.copy_(model.threshold_offsets.new_tensor(spec.threshold_offsets))
+        model = PrunableModel(model.hf_model, spec)  # the offsets come from the spec
     if model.spec is None or model.spec.method != "ltp":
         raise UserError(
             f"stages.{config.name}: the input model has no learned thresholds (run ltp_soft first)"
