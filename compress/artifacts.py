@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from compress.ltp import PrunableModel
+from compress.quantize import save_quantized
 
 RESULT_FILE = "result.json"  # written last: its presence marks a complete artifact
 
@@ -37,8 +38,12 @@ def atomic_directory(final: Path) -> Iterator[Path]:
 
 
 def save_model(model: PrunableModel, tokenizer, directory: Path) -> None:
-    """Hugging Face weights (safetensors) + tokenizer + pruning.json when the model prunes."""
-    model.hf_model.save_pretrained(directory, safe_serialization=True)
+    """Hugging Face weights (safetensors; torchao-flattened when quantised) + tokenizer +
+    pruning.json when the model prunes."""
+    if model.quantization:
+        save_quantized(model.hf_model, model.quantization, directory)
+    else:
+        model.hf_model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     spec = model.export_spec()
     if spec is not None:

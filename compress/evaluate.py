@@ -43,13 +43,14 @@ def model_inputs(batch: dict) -> dict:
 def predict(model: PrunableModel, loader: DataLoader, mode: Mode):
     """Logits, labels and token counts over a loader, in loader order."""
     model.eval()
+    device = next(model.hf_model.parameters()).device  # CUDA for int4 weight-only models
     logits, labels, tokens_in, tokens_kept = [], [], [], []
     for batch in loader:
-        out = model(**model_inputs(batch), mode=mode)
-        logits.append(out.logits.float())
+        out = model(**{k: v.to(device) for k, v in model_inputs(batch).items()}, mode=mode)
+        logits.append(out.logits.float().cpu())
         labels.append(batch["labels"])
-        tokens_in.append(out.tokens_in)
-        tokens_kept.append(out.tokens_kept)
+        tokens_in.append(out.tokens_in.cpu())
+        tokens_kept.append(out.tokens_kept.cpu())
     return torch.cat(logits), torch.cat(labels), torch.cat(tokens_in), torch.cat(tokens_kept)
 
 

@@ -69,6 +69,7 @@ class PrunedOutput:
     tokens_in: torch.Tensor  # (B, L) tokens entering each layer
     tokens_kept: torch.Tensor  # (B, L) tokens surviving each layer's pruning
     kept_fraction: torch.Tensor  # () sum over layers of the mean (soft) mask: LTP's L1 term
+    cls_hidden: torch.Tensor  # (B, d) final hidden state of [CLS], for hidden-state distillation
 
 
 # ----------------------------------------------------------------------------------------------
@@ -153,6 +154,7 @@ class PrunableModel(nn.Module):
             )
         self.hf_model = hf_model
         self.spec = spec
+        self.quantization: str | None = None  # torchao scheme of the encoder's linear layers, if any
         num_layers = hf_model.config.num_hidden_layers
         offsets = spec.threshold_offsets if spec and spec.threshold_offsets else [0.0] * num_layers
         # delta_l; layer 0 never uses its entry (theta_0 = 0)
@@ -186,7 +188,7 @@ class PrunableModel(nn.Module):
         h = base.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)  # (B, n, d)
         live = attention_mask.to(h.dtype)  # (B, n) token weights: 1 live, 0 padding/pruned
         lengths = attention_mask.sum(dim=1)  # (B,)
-        theta = self.thresholds()
+        theta = self.thresholds().to(h.device)
         tokens_in, tokens_kept, kept_fraction = [], [], h.new_zeros((), dtype=torch.float32)
         for index, layer in enumerate(base.encoder.layer):
             tokens_in.append((live > 0).sum(dim=1))
@@ -210,6 +212,7 @@ class PrunableModel(nn.Module):
             tokens_in=torch.stack(tokens_in, dim=1),
             tokens_kept=torch.stack(tokens_kept, dim=1),
             kept_fraction=kept_fraction,
+            cls_hidden=h[:, 0],
         )
 
     def _soft_mask(self, score: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
@@ -240,6 +243,8 @@ class PrunableModel(nn.Module):
 
     def _forward_unpruned(self, input_ids, attention_mask, token_type_ids) -> PrunedOutput:
         kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-        logits = self.hf_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
+        out = self.hf_model(
+            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, **kwargs
+        )
         counts = attention_mask.sum(dim=1, keepdim=True).expand(-1, self.num_layers)
-        return PrunedOutput(logits, counts, counts, logits.new_zeros(()))
+        return PrunedOutput(out.logits, counts, counts, out.logits.new_zeros(()), out.hidden_states[-1][:, 0])

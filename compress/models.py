@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import transformers
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from compress.errors import UserError
 from compress.ltp import PrunableModel, PruningSpec
+from compress.quantize import load_quantized, saved_scheme
 
 
 def resolve_model(name: str) -> str:
@@ -38,22 +39,33 @@ def load_tokenizer(name: str):
 def load_model(name: str, num_labels: int, regression: bool) -> PrunableModel:
     """A sequence classifier for the task, wrapped for pruning; an artifact brings its pruning spec.
 
-    A pretrained encoder without a head (like MiniLM) gets a freshly initialised one.
+    A pretrained encoder without a head (like MiniLM) gets a freshly initialised one. A quantised
+    artifact (quantization.json) is rebuilt from its config on CPU and loaded quantised.
     """
     source = resolve_model(name)
+    is_dir = Path(source).is_dir()
     problem = "regression" if regression else "single_label_classification"
+    labels = {"num_labels": num_labels, "problem_type": problem}
+    scheme = saved_scheme(Path(source)) if is_dir else None
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # "newly initialized head" is expected here
     try:
-        hf_model = AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=num_labels, problem_type=problem, attn_implementation="sdpa"
-        )
+        if scheme:
+            config = AutoConfig.from_pretrained(source, **labels)
+            float_model = AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
+            hf_model = load_quantized(Path(source), float_model)
+        else:
+            hf_model = AutoModelForSequenceClassification.from_pretrained(
+                source, attn_implementation="sdpa", **labels
+            )
     except (OSError, ValueError) as error:
         raise UserError(f"model '{name}': cannot load it ({_first_line(error)})") from None
     finally:
         transformers.logging.set_verbosity(verbosity)
-    spec = PruningSpec.load(Path(source)) if Path(source).is_dir() else None
-    return PrunableModel(hf_model, spec)
+    spec = PruningSpec.load(Path(source)) if is_dir else None
+    model = PrunableModel(hf_model, spec).eval()
+    model.quantization = scheme
+    return model
 
 
 def _first_line(error: Exception) -> str:

@@ -21,6 +21,7 @@ from compress.errors import UserError
 from compress.evaluate import evaluate_saved
 from compress.flops import FP16, FP32
 from compress.models import load_tokenizer, resolve_model
+from compress.quantize import check_scheme
 from compress.recipe import Recipe, dump_recipe
 from compress.stages import STAGES, StageInputs, StageResult
 from compress.task_data import prepare_data
@@ -65,7 +66,7 @@ def preflight(recipe: Recipe, check_data: bool = False) -> None:
         task = get_task(recipe.task)
         data_dir = data.resolve_data_dir(recipe.data.dir)
         if data_dir is not None:
-            needs_train = any(stage.kind != "benchmark" for stage in recipe.stages)
+            needs_train = any(stage.kind not in ("quantize", "benchmark") for stage in recipe.stages)
             files = ([task.train_file] if needs_train else []) + list(task.eval_files.values())
             for name in files:
                 path = data_dir / task.glue_dir / name
@@ -75,6 +76,16 @@ def preflight(recipe: Recipe, check_data: bool = False) -> None:
         thresholds = getattr(stage, "thresholds", None)
         if thresholds and not (Path(thresholds) / "pruning.json").is_file():
             raise UserError(f"stages.{stage.name}.thresholds: no pruning.json in {thresholds}")
+        if getattr(stage, "teacher", None):
+            try:
+                resolve_model(stage.teacher)
+            except UserError as error:
+                raise UserError(f"stages.{stage.name}.teacher: {error}") from None
+        if stage.kind == "quantize":
+            try:
+                check_scheme(stage.scheme)
+            except UserError as error:
+                raise UserError(f"stages.{stage.name}.scheme: {error}") from None
     if check_data:
         prepare_data(recipe, load_tokenizer(recipe.model), need_train=True)
 
@@ -89,16 +100,17 @@ def plan(
     """
     version = code_version()
     shared = recipe.model_dump(mode="json", by_alias=True, include={"model", "task", "seed", "data"})
-    upstream_key, model, teacher = version, recipe.model, None
+    upstream_key, model, finetuned = version, recipe.model, None
     planned = []
     for stage in recipe.until(until):
         config = stage.model_dump(mode="json", by_alias=True)
         key = hashlib.sha256(json.dumps([shared, config, upstream_key], sort_keys=True).encode()).hexdigest()
         output = stage_root / f"{stage.name}-{key[:12]}" if stage_root else out_dir / "stages" / stage.name
+        teacher = getattr(stage, "teacher", None) or finetuned
         planned.append(PlannedStage(stage, StageInputs(recipe, model, output, teacher, key)))
         upstream_key, model = key, str(output)
         if stage.kind == "finetune":
-            teacher = str(output)
+            finetuned = str(output)
     return planned
 
 

@@ -52,10 +52,13 @@ class DataConfig(_Strict):
     metric: Literal["accuracy", "f1", "matthews", "pearson", "spearman"] | None = None
 
 
-class TrainingConfig(_Strict):
+class StageBase(_Strict):
+    name: str
+
+
+class TrainingConfig(StageBase):
     """Settings every training stage shares."""
 
-    name: str
     epochs: float = Field(3.0, gt=0)  # fractions allowed: 0.5 = half an epoch of steps
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int = Field(128, ge=1)
@@ -98,10 +101,30 @@ class TopKConfig(TrainingConfig):
     start_layer: int = Field(3, ge=0)  # layers before it keep every token (reference: 3 of 12)
 
 
+class DistillConfig(TrainingConfig):
+    """Knowledge distillation: alpha * KD + (1 - alpha) * task loss (+ hidden_weight * [CLS] MSE)."""
+
+    kind: Literal["distill"]
+    teacher: str | None = None  # artifact dir or model id; default: the finetune stage's output
+    temperature: float = Field(2.0, gt=0)  # softens both logit distributions; KD is scaled by T^2
+    alpha: float = Field(0.5, ge=0, le=1)  # weight of the KD term
+    hidden_weight: float = Field(0.0, ge=0)  # weight of the MSE between final [CLS] hidden states
+    qat: bool = False  # train with int8 fake quantisation (torchao QAT prepare), for quantize qat_int8
+
+
+class QuantizeConfig(StageBase):
+    """torchao post-training quantisation of the encoder's linear layers (no training)."""
+
+    kind: Literal["quantize"]
+    scheme: Literal["int8_dynamic", "int8_weight_only", "int4_weight_only", "qat_int8"] = "int8_dynamic"
+    eval_batch_size: int = Field(128, ge=1)
+
+
 StageConfig = Annotated[
-    FinetuneConfig | LTPSoftConfig | LTPHardConfig | TopKConfig, Field(discriminator="kind")
+    FinetuneConfig | LTPSoftConfig | LTPHardConfig | TopKConfig | DistillConfig | QuantizeConfig,
+    Field(discriminator="kind"),
 ]
-IMPLEMENTED = {"finetune", "ltp_soft", "ltp_hard", "topk"}
+IMPLEMENTED = {"finetune", "ltp_soft", "ltp_hard", "topk", "distill", "quantize"}
 
 
 class Recipe(_Strict):
@@ -117,13 +140,13 @@ class Recipe(_Strict):
         check_pipeline(self)
         return self
 
-    def stage(self, name: str) -> TrainingConfig:
+    def stage(self, name: str) -> StageBase:
         for stage in self.stages:
             if stage.name == name:
                 return stage
         raise UserError(f"no stage named '{name}' (stages: {', '.join(s.name for s in self.stages)})")
 
-    def until(self, name: str | None) -> list[TrainingConfig]:
+    def until(self, name: str | None) -> list[StageBase]:
         """The stages to run: all, or up to and including `name`."""
         if name is None:
             return list(self.stages)
@@ -142,7 +165,20 @@ def check_pipeline(recipe: Recipe) -> None:
     if duplicates:
         raise ValueError(f"stages: duplicate stage name '{duplicates[0]}'")
     seen: list[str] = []
+    qat_trained = False
     for stage in recipe.stages:
+        if "quantize" in seen and stage.kind != "benchmark":
+            raise ValueError(f"stages.{stage.name}: nothing but a benchmark can follow a quantize stage")
+        if stage.kind == "distill" and "finetune" not in seen and not stage.teacher:
+            raise ValueError(
+                f"stages.{stage.name}: distill needs a finetune stage before it or 'teacher' "
+                "(a fine-tuned model: artifact directory or hub id)"
+            )
+        if stage.kind == "quantize" and stage.scheme == "qat_int8" and not qat_trained:
+            raise ValueError(
+                f"stages.{stage.name}.scheme: qat_int8 needs a distill stage with qat: true before it"
+            )
+        qat_trained = qat_trained or getattr(stage, "qat", False)
         if stage.kind == "ltp_hard" and "ltp_soft" not in seen and not stage.thresholds:
             raise ValueError(
                 f"stages.{stage.name}: ltp_hard needs an ltp_soft stage before it or 'thresholds' "

@@ -114,8 +114,24 @@ def test_until_selects_a_prefix():
             r"stages\.a\.kind: unknown stage kind 'prune'",
         ),
         (
-            with_changes(stages=[{"name": "a", "kind": "distill"}]),
-            r"stages\.a\.kind: .*'distill' is not implemented",
+            with_changes(stages=[{"name": "a", "kind": "benchmark"}]),
+            r"stages\.a\.kind: .*'benchmark' is not implemented",
+        ),
+        (
+            with_changes(stages=[{"name": "d", "kind": "distill"}]),
+            r"stages\.d: distill needs a finetune stage before it or 'teacher'",
+        ),
+        (
+            with_changes(stages=[{"name": "q", "kind": "quantize"}, {"name": "f", "kind": "finetune"}]),
+            r"stages\.f: nothing but a benchmark can follow a quantize stage",
+        ),
+        (
+            with_changes(stages=[{"name": "q", "kind": "quantize", "scheme": "int3"}]),
+            r"stages\.q\.scheme: Input should be 'int8_dynamic'",
+        ),
+        (
+            with_changes(stages=[{"name": "d", "kind": "distill", "teacher": "x", "alpha": 2}]),
+            r"stages\.d\.alpha: .*less than or equal to 1",
         ),
         (with_changes(stages=[{"name": "h", "kind": "ltp_hard"}]), r"stages\.h: ltp_hard needs an ltp_soft"),
         (

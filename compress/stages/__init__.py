@@ -1,6 +1,6 @@
 """The stage registry: kind -> `run(config, inputs) -> StageResult`. Explicit, nothing discovered."""
 
-from compress.stages import finetune, ltp_hard, ltp_soft, topk
+from compress.stages import distill, finetune, ltp_hard, ltp_soft, quantize, topk
 from compress.stages.base import StageInputs, StageResult
 
 STAGES = {
@@ -8,6 +8,8 @@ STAGES = {
     "ltp_soft": ltp_soft.run,
     "ltp_hard": ltp_hard.run,
     "topk": topk.run,
+    "distill": distill.run,
+    "quantize": quantize.run,
 }
 
 __all__ = ["STAGES", "StageInputs", "StageResult"]

@@ -13,7 +13,7 @@ class StageInputs:
     recipe: Recipe  # resolved; data.dir already set from --data-dir when given
     model: str  # hub id / path / alias, or the previous stage's artifact directory
     output_dir: Path  # this stage's artifact directory (written atomically)
-    teacher: str | None = None  # the finetune stage's artifact, for distillation
+    teacher: str | None = None  # distillation teacher: the stage's own, else the finetune artifact
     cache_key: str | None = None  # stamped into result.json: the pipeline reuses a matching artifact
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from compress.artifacts import RESULT_FILE, atomic_directory, save_model, write_json
 from compress.evaluate import EvalResult, evaluate, model_inputs
-from compress.flops import FP32
+from compress.flops import FP32, Precision
 from compress.ltp import Mode, PrunableModel
 from compress.models import load_model, load_tokenizer
 from compress.recipe import dump_recipe
@@ -18,11 +18,11 @@ from compress.task_data import TaskData, prepare_data
 from compress.training import TrainResult, train
 
 
-def load_inputs(inputs: StageInputs) -> tuple[PrunableModel, object, TaskData]:
+def load_inputs(inputs: StageInputs, need_train: bool = True) -> tuple[PrunableModel, object, TaskData]:
     """Tokenizer, task data and model for a stage (seeded, so runs repeat exactly on CPU)."""
     torch.manual_seed(inputs.recipe.seed)
     tokenizer = load_tokenizer(inputs.model)
-    task_data = prepare_data(inputs.recipe, tokenizer)
+    task_data = prepare_data(inputs.recipe, tokenizer, need_train=need_train)
     task = task_data.task
     model = load_model(inputs.model, task.num_labels, task.is_regression)
     return model, tokenizer, task_data
@@ -72,6 +72,7 @@ def save_stage(
     evaluation: EvalResult,
     started: float,
     trained: TrainResult | None = None,
+    precision: Precision = FP32,
 ) -> StageResult:
     """Write the artifact (weights, tokenizer, pruning spec, resolved recipe, result) atomically."""
     metrics = dict(evaluation.metrics)
@@ -84,8 +85,8 @@ def save_stage(
         metrics=metrics,
         main_metric=task_data.task.main_metric,
         gflops=round(evaluation.cost.gflops, 6),
-        bops=evaluation.cost.bops(FP32),
-        bits={"weight": FP32.weight_bits, "activation": FP32.activation_bits},
+        bops=evaluation.cost.bops(precision),
+        bits=precision.as_dict(),
         tokens_per_layer=evaluation.tokens_per_layer,
         seconds=round(time.perf_counter() - started, 2),
         history=trained.history if trained else [],
@@ -110,15 +111,31 @@ def train_and_save(
     keep: str = "best",
 ) -> StageResult:
     """The common body of a training stage: train on the task, evaluate with tokens dropped, save."""
+    trained = train_model(config, model, task_data, train_mode, groups, kept_weight, keep)
+    return save_stage(inputs, config, model, tokenizer, task_data, trained.best, started, trained)
+
+
+def train_model(
+    config,
+    model: PrunableModel,
+    task_data: TaskData,
+    train_mode: Mode = "drop",
+    groups: list[dict] | None = None,
+    kept_weight: float = 0.0,
+    keep: str = "best",
+    loss_fn=None,
+) -> TrainResult:
+    """Train with the stage's settings; evaluation drops tokens when the model prunes.
+
+    The loss is the task loss (+ kept_weight * LTP's L1 term) unless `loss_fn` is given."""
     eval_mode = "off" if model.spec is None else "drop"
-    trained = train(
+    return train(
         model,
         task_data.train_loader(config.batch_size),
-        supervised_loss(task_data.task.is_regression, train_mode, kept_weight),
+        loss_fn or supervised_loss(task_data.task.is_regression, train_mode, kept_weight),
         evaluator(task_data, config.eval_batch_size, eval_mode),
         groups if groups is not None else weight_groups(model, config.weight_decay),
         config,
         keep=keep,
         description=config.name,
     )
-    return save_stage(inputs, config, model, tokenizer, task_data, trained.best, started, trained)

@@ -1,0 +1,77 @@
+"""Stage `distill`: the student (normally the pruned `ltp_hard` output) learns from the teacher.
+
+Loss = alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))   (MSE on logits for regression)
+     + (1 - alpha) * task loss
+     + hidden_weight * MSE(student [CLS] final hidden state, teacher's)
+
+The student keeps pruning (tokens dropped, thresholds frozen). With `qat: true` the encoder's
+linear layers train under torchao's int8 fake quantisation (QAT prepare); the artifact keeps
+the trained float weights, and a later `quantize` stage with scheme `qat_int8` runs torchao's
+convert step on them. The best dev epoch is kept.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+from compress.errors import UserError
+from compress.evaluate import model_inputs
+from compress.ltp import PrunableModel
+from compress.models import load_model
+from compress.quantize import prepare_qat, remove_fake_quantizers
+from compress.recipe import DistillConfig
+from compress.stages.base import StageInputs, StageResult
+from compress.stages.common import load_inputs, save_stage, task_loss, train_model
+
+
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float, regression: bool):
+    """T^2 * KL(teacher || student) on temperature-softened logits, batch mean; MSE for regression."""
+    if regression:
+        return F.mse_loss(student, teacher)
+    log_student = F.log_softmax(student / temperature, dim=-1)
+    log_teacher = F.log_softmax(teacher / temperature, dim=-1)
+    return F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True) * temperature**2
+
+
+def distillation_loss(teacher: PrunableModel, config: DistillConfig, regression: bool):
+    """The stage's loss function for the shared training loop (teacher frozen, in eval mode)."""
+
+    def loss_fn(student: PrunableModel, batch: dict):
+        inputs = model_inputs(batch)
+        with torch.no_grad():
+            target = teacher(**inputs, mode="drop")
+        out = student(**inputs, mode="drop")
+        distilled = kd_loss(out.logits, target.logits, config.temperature, regression)
+        supervised = task_loss(out.logits, batch["labels"], regression)
+        loss = config.alpha * distilled + (1 - config.alpha) * supervised
+        logs = {"kd": float(distilled.detach())}
+        if config.hidden_weight:
+            hidden = F.mse_loss(out.cls_hidden, target.cls_hidden)
+            loss = loss + config.hidden_weight * hidden
+            logs["hidden"] = float(hidden.detach())
+        return loss, logs
+
+    return loss_fn
+
+
+def run(config: DistillConfig, inputs: StageInputs) -> StageResult:
+    started = time.perf_counter()
+    student, tokenizer, task_data = load_inputs(inputs)
+    task = task_data.task
+    teacher = load_model(inputs.teacher, task.num_labels, task.is_regression).eval().requires_grad_(False)
+    if config.hidden_weight and teacher.config.hidden_size != student.config.hidden_size:
+        raise UserError(
+            f"stages.{config.name}.hidden_weight: teacher hidden size {teacher.config.hidden_size} "
+            f"differs from the student's {student.config.hidden_size}; set hidden_weight: 0"
+        )
+    student.threshold_offsets.requires_grad_(False)
+    if config.qat:
+        prepare_qat(student.hf_model)
+    loss_fn = distillation_loss(teacher, config, task.is_regression)
+    trained = train_model(config, student, task_data, loss_fn=loss_fn)
+    if config.qat:
+        remove_fake_quantizers(student.hf_model)
+    return save_stage(inputs, config, student, tokenizer, task_data, trained.best, started, trained)
