@@ -33,7 +33,10 @@ from torch import nn
 from compress.errors import UserError
 from compress.flops import Precision
 
-logging.getLogger("torchao").setLevel(logging.ERROR)  # optional CUDA extensions it cannot load on CPU
+# Import-time noise: torchao's optional CUDA extensions that a CPU build cannot load, and torch's
+# deprecation notes about the enums torchao registers.
+logging.getLogger("torchao").setLevel(logging.ERROR)
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
 from torchao.prototype.safetensors.safetensors_support import (  # noqa: E402
     flatten_tensor_state_dict,

@@ -42,6 +42,8 @@ def run_sweep(
                 "score": final["value"],
                 "gflops": final["gflops"],
                 "gflops_reduction": final["gflops_reduction"],
+                "bops_reduction_vs_fp32": final["bops_reduction_vs_fp32"],
+                "bops_reduction_vs_fp16": final["bops_reduction_vs_fp16"],
                 "baseline_score": final["baseline_value"],
                 "baseline_gflops": final["baseline_gflops"],
                 "tokens_per_layer": summary["stages"][-1]["tokens_per_layer"],
