@@ -138,11 +138,13 @@ def run_stage(step: PlannedStage) -> StageResult:
 
 
 def baseline_of(recipe: Recipe, results: list[StageResult]) -> dict:
-    """The unpruned fine-tuned model's metric and GFLOPs: the finetune stage, else the input model."""
+    """The unpruned fine-tuned model's metric, GFLOPs and BOPs (fp32): the finetune stage, else a
+    distill stage's named teacher, else the input model with pruning off."""
     for result in results:
         if result.kind == "finetune":
             return {"value": result.metrics[result.main_metric], "gflops": result.gflops, "bops": result.bops}
-    evaluation = evaluate_saved(recipe, recipe.model, prune=False)
+    teacher = next((s.teacher for s in recipe.stages if getattr(s, "teacher", None)), None)
+    evaluation = evaluate_saved(recipe, teacher or recipe.model, prune=False)
     return {"value": evaluation.main, "gflops": evaluation.cost.gflops, "bops": evaluation.cost.bops(FP32)}
 
 
