@@ -16,27 +16,49 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from compress.artifacts import read_result
+from compress.errors import UserError
 from compress.pipeline import PlannedStage, preflight, run_or_reuse, run_pipeline, write_summary
 from compress.recipe import Recipe, load_recipe
 from compress.stages import StageResult
 from pipelines import tracking
 from pipelines.registry import DEFAULT_ALIAS, register_model
+from pipelines.servers import ensure_prefect_api
 
 # Prefect's API client logs every HTTP request at INFO through httpx; the CLI logs at INFO.
 if logging.getLogger("httpx").level == logging.NOTSET:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
+class _UserErrorsInOneLine(logging.Filter):
+    """Prefect logs a task's or flow's exception with its traceback; a user mistake needs only
+    its message (the CLI prints it as one line and exits 2)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], UserError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+for _name in ("prefect.task_runs", "prefect.flow_runs"):
+    logging.getLogger(_name).addFilter(_UserErrorsInOneLine())
+
+
 def check(
-    recipe_path: str | Path, overrides: list[str], until: str | None, check_data: bool = False
+    recipe_path: str | Path,
+    overrides: list[str],
+    until: str | None,
+    check_data: bool = False,
+    need_prefect_server: bool = False,
 ) -> Recipe:
     """What can fail before training: recipe, --until, model, data (files; with check_data the
-    slices too), tracking store."""
+    slices too), tracking store, Prefect API (a server if need_prefect_server; see
+    `servers.ensure_prefect_api`)."""
     recipe = load_recipe(recipe_path, overrides)
     if until is not None:
         recipe.stage(until)
     preflight(recipe, check_data)
     tracking.check_tracking()
+    ensure_prefect_api(need_prefect_server)
     return recipe
 
 

@@ -18,12 +18,11 @@ the experiment whose process is gone (same host) as FAILED.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import socket
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +30,7 @@ from urllib.parse import urlparse
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from compress.errors import UserError
@@ -38,13 +38,13 @@ from compress.ltp import PRUNING_FILE
 from compress.pipeline import PlannedStage
 from compress.recipe import Recipe, dump_recipe
 from compress.stages import StageResult
+from pipelines.servers import probe
 
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DB = REPO / "artifacts" / "mlflow.db"
 PID_TAG, HOST_TAG = "ltp.pid", "ltp.host"
-HEALTH_TIMEOUT_S = 2.0
 
 
 def tracking_uri() -> str:
@@ -61,20 +61,12 @@ def check_tracking(uri: str | None = None) -> str:
     uri = uri or tracking_uri()
     scheme = urlparse(uri).scheme
     if scheme in ("http", "https"):
-        health = uri.rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(health, timeout=HEALTH_TIMEOUT_S):
-                pass
-        except urllib.error.HTTPError as error:
-            if error.code >= 500:  # e.g. a proxy's 502: nothing behind it
-                raise UserError(f"MLflow tracking server {uri} is not healthy (HTTP {error.code})") from None
-            # 4xx: something answers (auth, a path prefix); MLflow reports the details itself
-        except (OSError, ValueError) as error:
-            reason = getattr(error, "reason", error)
+        problem = probe(uri.rstrip("/") + "/health")
+        if problem is not None:
             raise UserError(
-                f"MLflow tracking server {uri} is unreachable ({reason}): start it, or unset "
+                f"MLflow tracking server {uri} is {problem}: start it, or unset "
                 "MLFLOW_TRACKING_URI to use the local SQLite store"
-            ) from None
+            )
     elif (path := _sqlite_path(uri)) is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,8 +78,19 @@ def check_tracking(uri: str | None = None) -> str:
 def use_tracking_store() -> str:
     """Point MLflow's fluent API (and the registry) at the store; returns the URI."""
     uri = check_tracking()
+    if (path := _sqlite_path(uri)) is not None:
+        _open_sqlite_store(uri, path)
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+def _open_sqlite_store(uri: str, path: Path) -> None:
+    """Open (create, migrate) the SQLite store holding a file lock: two pipelines that start at
+    once on a new store would otherwise both create its tables, and one fails. MLflow keeps the
+    opened store for the process; SQLite and MLflow's busy timeout serialise later writes."""
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        MlflowClient(uri).search_experiments(max_results=1)
 
 
 def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
@@ -97,7 +100,12 @@ def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
         return experiment.experiment_id
     path = _sqlite_path(uri)
     location = (path.parent / "mlruns").resolve().as_uri() if path is not None else None
-    return client.create_experiment(name, artifact_location=location)
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id  # a concurrent pipeline created it
 
 
 def _pid_alive(pid: int) -> bool:

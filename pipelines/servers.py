@@ -1,0 +1,71 @@
+"""The servers a pipeline talks to, checked before any training; a problem is one line.
+
+MLflow's check lives in `tracking.check_tracking` (it also covers SQLite stores); this module
+has the HTTP probe both use and the Prefect API's check (or start, for the local one).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import urllib.error
+import urllib.request
+
+from compress.errors import UserError
+
+HEALTH_TIMEOUT_S = 2.0
+START_PREFECT = "run `prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api"
+
+
+def probe(health_url: str) -> str | None:
+    """Why `health_url` does not answer ("unreachable (...)", "not healthy (HTTP 5xx)"), or None.
+
+    A 4xx answer counts as up: something answers (auth, a path prefix) and reports details itself.
+    """
+    try:
+        with urllib.request.urlopen(health_url, timeout=HEALTH_TIMEOUT_S):
+            return None
+    except urllib.error.HTTPError as error:
+        return f"not healthy (HTTP {error.code})" if error.code >= 500 else None  # e.g. a proxy's 502
+    except (OSError, ValueError) as error:
+        return f"unreachable ({getattr(error, 'reason', error)})"
+
+
+def prefect_api_url() -> str | None:
+    """PREFECT_API_URL from the environment or the active Prefect profile; None: a temporary local API."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or None
+
+
+def ensure_prefect_api(need_server: bool = False) -> str:
+    """The Prefect API runs will report to; returns its URL.
+
+    PREFECT_API_URL's server must answer (fail fast, one line). Without it, Prefect's temporary
+    local API is started now (unless `need_server`: then that is the error), holding a lock in
+    PREFECT_HOME: runs that start together would otherwise migrate its new database at once and
+    one would fail ("duplicate column name").
+    """
+    url = prefect_api_url()
+    if url is None:
+        if need_server:
+            raise UserError(f"serving needs a running Prefect server: {START_PREFECT}")
+        return _start_local_api()
+    problem = probe(url.rstrip("/") + "/health")
+    if problem is not None:
+        fallback = "" if need_server else ", or unset PREFECT_API_URL to use a temporary local API"
+        raise UserError(f"Prefect API {url} is {problem}: start it (`prefect server start`){fallback}")
+    return url
+
+
+def _start_local_api() -> str:
+    """Start (once per process) the temporary local API that Prefect would start on first use."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_HOME
+
+    home = PREFECT_HOME.value()
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / "local-api.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        server = SubprocessASGIServer()  # one per process; Prefect's client reuses it
+        server.start()
+    return server.api_url
