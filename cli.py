@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -40,11 +39,11 @@ def _load(recipe_path: Path, set_: list[str] | None, data_dir: str | None):
 def validate(recipe: Path, set_: SetOption = None, data_dir: DataDirOption = None) -> None:
     """Check a recipe (keys, types, stage order, model and data paths) without running anything."""
     from compress.pipeline import preflight
+    from pipelines.report import stage_list
 
     resolved = _load(recipe, set_, data_dir)
     preflight(resolved)
-    stages = " -> ".join(f"{s.name} ({s.kind})" for s in resolved.stages)
-    typer.echo(f"{recipe}: ok: {resolved.task} on {resolved.model}: {stages}")
+    typer.echo(f"{recipe}: ok: {resolved.task} on {resolved.model}: {stage_list(resolved)}")
 
 
 @app.command()
@@ -58,16 +57,31 @@ def compress(
 ) -> None:
     """Run a recipe's stages (a Prefect flow, tracked in MLflow) and write OUT/summary.json."""
     from pipelines.flow import check, compress_flow
+    from pipelines.report import print_summary, stage_list
 
     overrides = _overrides(set_, data_dir)
     resolved = check(recipe, overrides, until, check_data=True)  # bad input: one line, before training
     out_dir = out or Path("artifacts") / resolved.name
+    typer.echo(f"{resolved.name}: {stage_list(resolved, until)}")
     summary = compress_flow(str(recipe), overrides, str(out_dir), until, not no_cache)
-    final = summary["final"]
-    typer.echo(json.dumps(final, indent=2))
+    print_summary(summary)
     typer.echo(f"summary: {out_dir / 'summary.json'}")
     if summary["mlflow"]["model_uri"]:
         typer.echo(f"model: {summary['mlflow']['model_uri']} (tracking: {summary['mlflow']['tracking_uri']})")
+
+
+@app.command()
+def serve(
+    recipe: Path,
+    set_: SetOption = None,
+    data_dir: DataDirOption = None,
+    cron: Annotated[str | None, typer.Option(help="Run on this schedule, e.g. '0 3 * * *'")] = None,
+    name: Annotated[str | None, typer.Option(help="Deployment name (default: the recipe's name)")] = None,
+) -> None:
+    """Serve a recipe as the Prefect deployment compress/NAME (needs `prefect server start`)."""
+    from pipelines.deploy import serve_recipe
+
+    serve_recipe(recipe, _overrides(set_, data_dir), name, cron)
 
 
 @app.command()

@@ -1,0 +1,62 @@
+"""What the CLI prints around a run: the stage list first, a table of the stages at the end."""
+
+import io
+
+from rich.console import Console
+
+from compress.recipe import load_recipe
+from pipelines.report import print_summary, stage_list
+from tests.test_cli import QUICKSTART
+from tests.tiny_runs import table_rows
+
+
+def stage(name: str, kind: str, accuracy: float, gflops: float, cached: bool) -> dict:
+    return {
+        "name": name,
+        "kind": kind,
+        "metrics": {"accuracy": accuracy, "train_examples_per_s": 50.0},
+        "gflops": gflops,
+        "bops": gflops * 1e9 * 512,
+        "seconds": 12.34,
+        "cached": cached,
+    }
+
+
+SUMMARY = {
+    "recipe": "quickstart",
+    "task": "sst2",
+    "model": "minilm",
+    "stages": [
+        stage("finetune", "finetune", 0.7603, 0.541, True),
+        stage("ltp_soft", "ltp_soft", 0.7500, 0.47, False),
+        stage("ltp_hard", "ltp_hard", 0.7649, 0.439, False),
+    ],
+    "final": {
+        "metric": "accuracy",
+        "value": 0.7649,
+        "baseline_value": 0.7603,
+        "gflops": 0.439,
+        "baseline_gflops": 0.541,
+        "gflops_reduction": 1.2323,
+    },
+}
+
+
+def test_the_stage_list_follows_until():
+    recipe = load_recipe(QUICKSTART, [])
+    assert stage_list(recipe) == "finetune (finetune) -> ltp_soft (ltp_soft) -> ltp_hard (ltp_hard)"
+    assert stage_list(recipe, "ltp_soft") == "finetune (finetune) -> ltp_soft (ltp_soft)"
+
+
+def test_the_summary_table_has_a_row_per_stage_and_the_final_line():
+    out = io.StringIO()
+    print_summary(SUMMARY, Console(file=out, width=100))
+    printed = out.getvalue()
+    rows = table_rows(printed)
+    assert rows[0] == ["stage", "kind", "accuracy", "GFLOPs", "BOPs", "seconds", "cached"]
+    assert rows[1] == ["finetune", "finetune", "0.7603", "0.541", "2.77e+11", "12.3", "yes"]
+    assert [row[0] for row in rows[1:]] == ["finetune", "ltp_soft", "ltp_hard"]
+    assert [row[-1] for row in rows[1:]] == ["yes", "no", "no"]
+    assert printed.splitlines()[-1] == (
+        "final: accuracy 0.7649 (baseline 0.7603), 0.439 GFLOPs (1.23x fewer than 0.541)"
+    )
