@@ -1,0 +1,101 @@
+"""`cli.py compress` as separate processes: killed outright and resumed, two at once, and a user
+mistake that only shows once a stage runs.
+
+Each run is a real process with Prefect's temporary local API (7-15 s to start) and an
+embedded SQLite MLflow store in the test's temp dir, on the tiny model and data.
+"""
+
+import json
+import os
+import signal
+
+from mlflow.tracking import MlflowClient
+
+from compress.ltp import PruningSpec
+from tests.tiny_runs import TRAIN, cli_env, end_group, finish, start_cli, table_rows, wait_until, write_recipe
+
+NO_THRESHOLDS = "the input model has no learned thresholds (run ltp_soft first)"
+
+
+def runs_by_name(uri: str, recipe: str) -> dict[str, list]:
+    """The experiment's runs by name, oldest first."""
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(recipe).experiment_id
+    runs = {}
+    for run in client.search_runs([experiment], order_by=["attributes.start_time ASC"]):
+        runs.setdefault(run.info.run_name, []).append(run)
+    return runs
+
+
+def test_a_killed_run_resumes_from_its_last_complete_stage(tmp_path, tiny_model_dir):
+    """SIGKILL during the second stage: no artifact of it looks complete, the rerun of the same
+    recipe reuses the first stage, and the killed run's MLflow runs end FAILED, not RUNNING."""
+    recipe = write_recipe(tmp_path, tiny_model_dir, soft_epochs=30)  # ltp_soft: a few seconds
+    env, out = cli_env(tmp_path), tmp_path / "out"
+    args = ["compress", recipe, "--out", out]
+    log = tmp_path / "killed.log"
+    killed = start_cli(args, env, log)
+    try:
+        started = "stage ltp_soft (ltp_soft): running"
+        wait_until(lambda: started in log.read_text(), killed, "ltp_soft start", log)
+        os.kill(killed.pid, signal.SIGKILL)
+        killed.wait()
+    finally:
+        end_group(killed)
+    assert killed.returncode == -signal.SIGKILL
+    stages = out / "stages"
+    complete = [p.name for p in stages.iterdir() if (p / "result.json").exists() and p.name[0] != "."]
+    assert complete == ["finetune"] and not (out / "summary.json").exists()
+    uri = env["MLFLOW_TRACKING_URI"]
+    statuses = {name: [r.info.status for r in runs] for name, runs in runs_by_name(uri, "tiny").items()}
+    assert statuses == {"tiny": ["RUNNING"], "finetune": ["FINISHED"], "ltp_soft": ["RUNNING"]}
+
+    log = tmp_path / "rerun.log"
+    rerun = start_cli(args, env, log)
+    printed = finish(rerun, log)
+    assert rerun.returncode == 0, printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(s["name"], s["cached"]) for s in summary["stages"]] == [("finetune", True), ("ltp_soft", False)]
+    assert json.loads((stages / "ltp_soft" / "result.json").read_text())["name"] == "ltp_soft"
+    runs = runs_by_name(uri, "tiny")
+    for name in ("tiny", "ltp_soft"):
+        assert [r.info.status for r in runs[name]] == ["FAILED", "FINISHED"], name
+    assert runs["finetune"][1].data.tags["cached"] == "true"
+    assert "tiny: finetune (finetune) -> ltp_soft (ltp_soft)" in printed  # the stage list, then the table
+    rows = table_rows(printed)
+    assert rows[0] == ["stage", "kind", "accuracy", "GFLOPs", "BOPs", "seconds", "cached"]
+    assert [(row[0], row[-1]) for row in rows[1:]] == [("finetune", "yes"), ("ltp_soft", "no")]
+
+
+def test_two_pipelines_at_once_share_one_sqlite_store(tmp_path, tiny_model_dir):
+    """Two runs of one recipe start together on a new store (same Prefect home, other outputs):
+    both finish, and both parent runs are FINISHED."""
+    recipe = write_recipe(tmp_path, tiny_model_dir)
+    env = cli_env(tmp_path)
+    logs = [tmp_path / f"run{i}.log" for i in (1, 2)]
+    runs = [start_cli(["compress", recipe, "--out", tmp_path / f"out{i}"], env, logs[i - 1]) for i in (1, 2)]
+    for process, log in zip(runs, logs, strict=True):
+        printed = finish(process, log)
+        assert process.returncode == 0, printed
+    parents = runs_by_name(env["MLFLOW_TRACKING_URI"], "tiny")["tiny"]
+    assert [run.info.status for run in parents] == ["FINISHED", "FINISHED"]
+    summaries = [json.loads((tmp_path / f"out{i}" / "summary.json").read_text()) for i in (1, 2)]
+    assert {s["mlflow"]["run_id"] for s in summaries} == {run.info.run_id for run in parents}
+
+
+def test_a_user_mistake_found_inside_a_stage_is_one_line_without_traceback(tmp_path, tiny_model_dir):
+    """ltp_hard given a top-k artifact's pruning.json as thresholds passes the checks and fails
+    when the stage loads it: a UserError raised inside a Prefect task."""
+    topk = tmp_path / "topk"
+    topk.mkdir()
+    PruningSpec(method="topk", keep_ratios=[1.0, 0.5]).save(topk)
+    hard = {"name": "ltp_hard", "kind": "ltp_hard", "epochs": 1, "thresholds": str(topk), **TRAIN}
+    recipe = write_recipe(tmp_path, tiny_model_dir, stages=[hard])
+    log = tmp_path / "cli.log"
+    process = start_cli(["compress", recipe, "--out", tmp_path / "out"], cli_env(tmp_path), log)
+    printed = finish(process, log)
+    errors = [line for line in printed.splitlines() if line.startswith("error:")]
+    assert process.returncode == 2, printed
+    assert errors == [f"error: stages.ltp_hard: {NO_THRESHOLDS}"]
+    assert "Traceback" not in printed
+    assert not (tmp_path / "out" / "stages" / "ltp_hard").exists()
