@@ -129,7 +129,7 @@ def pull(
     """Download a registered model from MLflow (and evaluate it on its recipe's dev set)."""
     from pipelines.registry import evaluate_artifact, pull_model
 
-    out_dir = out or Path("artifacts") / "pulled" / model_uri.removeprefix("models:/").replace("/", "_")
+    out_dir = out or _pull_dir(model_uri)
     artifact = pull_model(model_uri, out_dir)
     typer.echo(f"{model_uri}: pulled to {out_dir}; model artifact: {artifact}")
     if evaluate:
@@ -139,6 +139,43 @@ def pull(
             f"{result['metric']} = {result['value']:.4f} on {result['examples']} dev examples, "
             f"{result['gflops']:.4g} GFLOPs per example"
         )
+
+
+def _pull_dir(model_uri: str) -> Path:
+    return Path("artifacts") / "pulled" / model_uri.removeprefix("models:/").replace("/", "_")
+
+
+@app.command()
+def bench(
+    target: Annotated[str, typer.Argument(help="Recipe output folder, stage artifact or models:/NAME@ALIAS")],
+    out: Annotated[Path | None, typer.Option(help="Output folder (default artifacts/bench/NAME)")] = None,
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes")] = "1,8,32,128",
+    threads: Annotated[int, typer.Option(help="CPU threads (torch.set_num_threads)")] = 2,
+    rounds: Annotated[int, typer.Option(help="Timed passes per variant and batch size")] = 5,
+    max_examples: Annotated[int | None, typer.Option(help="Time a seeded slice of the dev set")] = None,
+    no_compile: Annotated[bool, typer.Option("--no-compile", help="Eager mode only")] = False,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Time the baseline, pruned and final models side by side; write bench.json, bench.md, bench.png."""
+    from compress.bench import BenchSettings, resolve_target, run_bench
+    from compress.bench_report import markdown_table, write_report
+
+    try:
+        sizes = tuple(int(size) for size in batch_sizes.split(","))
+    except ValueError:
+        raise UserError(f"--batch-sizes: expected comma-separated integers, got {batch_sizes!r}") from None
+    settings = BenchSettings(sizes, threads, rounds, compile=not no_compile)
+    folder, name = Path(target), Path(target).resolve().name
+    if target.startswith("models:/"):
+        from pipelines.registry import pull_model
+
+        folder, name = pull_model(target, _pull_dir(target)), _pull_dir(target).name
+    slice_ = [] if max_examples is None else [f"data.max_eval_samples={max_examples}"]
+    resolved = resolve_target(folder, _overrides(slice_, data_dir))
+    result = run_bench(resolved.baseline, resolved.pruned, resolved.final, resolved.recipe, settings)
+    paths = write_report(result, out or Path("artifacts") / "bench" / name)
+    typer.echo(markdown_table(result))
+    typer.echo(f"bench: {paths['json']}, {paths['md']}, {paths['png']}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,288 @@
+"""Throughput of the unpruned baseline, the pruned model and the quantised final model, side by side.
+
+One run times every variant on the task's dev set (the recipe's first eval split), batches cut
+from examples sorted by length (longest first), in the same order for every variant (DESIGN §5):
+
+    baseline   the unpruned fine-tuned model: the plain Hugging Face forward, fp32
+    pruned     the pruned float model, tokens really dropped (`compress.fast_path.PackedPruner`)
+    final      the pruned + quantised model (int8 linear layers), same fast path
+
+each in eager mode and under torch.compile (dynamic shapes). Per batch size: a warm-up pass per
+runner (compilation included, reported apart as `compile_s`), then `rounds` timed passes with
+the runners in alternating order. A row reports the median sequences/s over the rounds (with the
+slowest and fastest round), the p50/p90 latency of one batch over every timed batch, and GFLOPs
+per example from the real kept-token counts (`compress.flops`).
+
+Ratios (DESIGN §3): `speedup` and `flops_reduction` are against the baseline of the same device,
+compile setting and batch size, and `efficiency` = speedup / flops_reduction. There is no int8
+baseline: the int8 `final` rows are compared against the fp32 baseline (`baseline_dtype` says
+so), so their speedup includes what int8 brings. `speedup_vs_fp32_eager` compares every row with
+the fp32 baseline in eager mode at the same batch size (the issue's target: final, compiled,
+batch 32, >= 5x).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from compress import data
+from compress.errors import UserError
+from compress.evaluate import model_inputs
+from compress.fast_path import PackedPruner
+from compress.flops import cost_from_config
+from compress.ltp import PRUNING_FILE, PrunableModel
+from compress.models import load_model, load_tokenizer
+from compress.quantize import QUANTIZATION_FILE
+from compress.recipe import Recipe, load_recipe
+from compress.task_data import prepare_data
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"int8_dynamic": "int8", "qat_int8": "int8", "int8_weight_only": "int8", "int4_weight_only": "int4"}
+
+
+@dataclass
+class BenchSettings:
+    batch_sizes: tuple[int, ...] = (1, 8, 32, 128)
+    threads: int = 2  # torch.set_num_threads for the run (restored afterwards)
+    rounds: int = 5  # timed passes over the dev set per runner and batch size
+    compile: bool = True  # also time every variant under torch.compile
+
+    def __post_init__(self) -> None:
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise UserError(f"batch sizes: expected positive integers, got {list(self.batch_sizes)}")
+        if self.threads < 1 or self.rounds < 1:
+            raise UserError(f"threads and rounds must be positive (got {self.threads}, {self.rounds})")
+
+
+@dataclass
+class BenchTarget:
+    """The models a bench compares, and the recipe naming their task and data."""
+
+    recipe: Recipe
+    baseline: str  # the unpruned fine-tuned model: artifact dir, path or hub id
+    pruned: str | None  # the last float pruned artifact
+    final: str | None  # the quantised artifact
+
+
+def resolve_target(target: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> BenchTarget:
+    """What to compare for TARGET: a recipe output folder (summary.json) or a stage artifact directory.
+
+    Recipe folder: its stages' artifacts. Stage directory: the stages of its recipe.yaml up to it,
+    found as sibling directories. Baseline = the finetune stage's artifact, else the recipe's
+    `model` (as in summary.json); pruned = the last float artifact with pruning.json, else the
+    recipe's `model` when it has one; final = the last quantised artifact.
+    """
+    path = Path(target)
+    if (path / "summary.json").is_file():
+        recipe = load_recipe(path / "recipe.yaml", overrides)
+        stages = json.loads((path / "summary.json").read_text())["stages"]
+        chain = [(stage["kind"], Path(stage["artifact"])) for stage in stages]
+    elif (path / "recipe.yaml").is_file() and (path / "config.json").is_file():
+        recipe = load_recipe(path / "recipe.yaml", overrides)
+        names = [stage.name for stage in recipe.stages]
+        before = recipe.stages[: names.index(path.name)] if path.name in names else []
+        chain = [(stage.kind, path.parent / stage.name) for stage in before] + [(None, path)]
+    else:
+        raise UserError(
+            f"bench target {str(target)!r}: not a recipe output folder (summary.json) "
+            "nor a stage artifact (recipe.yaml + config.json)"
+        )
+    chain = [(kind, folder) for kind, folder in chain if (folder / "config.json").is_file()]
+    quantized = [folder for _, folder in chain if (folder / QUANTIZATION_FILE).is_file()]
+    pruned = [f for _, f in chain if (f / PRUNING_FILE).is_file() and f not in quantized]
+    if not pruned and (Path(recipe.model) / PRUNING_FILE).is_file():
+        pruned = [Path(recipe.model)]
+    if not pruned and not quantized:
+        raise UserError(f"bench target {str(target)!r}: no pruned or quantised model to compare")
+    baseline = next((str(folder) for kind, folder in chain if kind == "finetune"), recipe.model)
+    return BenchTarget(
+        recipe,
+        baseline,
+        str(pruned[-1]) if pruned else None,
+        str(quantized[-1]) if quantized else None,
+    )
+
+
+@dataclass
+class Runner:
+    """One timed variant: batch -> (tokens entering, tokens kept) per example and layer, (B, L) each."""
+
+    variant: str
+    dtype: str
+    compiled: bool
+    config: object  # the Hugging Face config, for GFLOPs
+    forward: Callable[[dict], tuple[torch.Tensor, torch.Tensor]]
+
+
+def make_runner(variant: str, model: PrunableModel, compiled: bool) -> Runner:
+    """The plain Hugging Face forward for an unpruned model (or the baseline), else the packed fast path."""
+    dtype = DTYPES.get(model.quantization or "", "fp32")
+    if variant == "baseline" or model.spec is None:
+        hf_model = torch.compile(model.hf_model, dynamic=True) if compiled else model.hf_model
+
+        @torch.inference_mode()
+        def forward(batch: dict):
+            hf_model(**batch)
+            counts = batch["attention_mask"].sum(dim=1, keepdim=True).expand(-1, model.num_layers)
+            return counts, counts
+
+    else:
+        pruner = PackedPruner(model, compiled=compiled)
+
+        def forward(batch: dict):  # inference mode inside
+            out = pruner(**batch)
+            return out.tokens_in, out.tokens_kept
+
+    return Runner(variant, dtype, compiled, model.config, forward)
+
+
+def run_bench(
+    baseline: str, pruned: str | None, final: str | None, recipe: Recipe, settings: BenchSettings
+) -> dict:
+    """Time the variants on the recipe's dev set; returns the bench.json payload (DESIGN §3)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(settings.threads)
+    try:
+        task_data = prepare_data(recipe, load_tokenizer(pruned or final or baseline), need_train=False)
+        task = task_data.task
+        split, examples = next(iter(task_data.evals.items()))
+        models = {"baseline": baseline, "pruned": pruned, "final": final}
+        runners = []
+        for variant, name in models.items():
+            if name is None:
+                continue
+            model = load_model(name, task.num_labels, task.is_regression)
+            for compiled in (False, True) if settings.compile else (False,):
+                runners.append(make_runner(variant, model, compiled))
+        rows = []
+        for batch_size in settings.batch_sizes:
+            loader = data.make_loader(examples, batch_size, task_data.pad_token_id, False, recipe.seed)
+            rows += time_runners(runners, [model_inputs(batch) for batch in loader], settings.rounds)
+    finally:
+        torch.set_num_threads(threads)
+    return {
+        "machine": machine_info(settings.threads),
+        "task": task.name,
+        "split": split,
+        "examples": len(examples),
+        "models": models,
+        "settings": {**asdict(settings), "batch_sizes": list(settings.batch_sizes)},
+        "results": add_ratios(rows),
+    }
+
+
+def time_runners(runners: list[Runner], batches: list[dict], rounds: int) -> list[dict]:
+    """One row per runner: warm-up pass (counts tokens, compiles), then `rounds` alternating passes."""
+    examples = sum(len(batch["input_ids"]) for batch in batches)
+    warmup, gflops = [], []
+    for runner in runners:
+        started = time.perf_counter()
+        counts = [runner.forward(batch) for batch in batches]
+        warmup.append(time.perf_counter() - started)
+        tokens_in, tokens_kept = (torch.cat(c) for c in zip(*counts, strict=True))
+        gflops.append(cost_from_config(runner.config, tokens_in, tokens_kept).gflops)
+    latencies: list[list[float]] = [[] for _ in runners]
+    totals: list[list[float]] = [[] for _ in runners]
+    with torch.compiler.set_stance("fail_on_recompile"):  # every shape was compiled in the warm-up
+        for round_ in range(rounds):
+            order = range(len(runners)) if round_ % 2 == 0 else reversed(range(len(runners)))
+            for index in order:
+                times = _time_pass(runners[index], batches)
+                latencies[index] += times
+                totals[index].append(sum(times))
+    rows = []
+    for runner, warm, flops, lat, total in zip(runners, warmup, gflops, latencies, totals, strict=True):
+        median = statistics.median(total)
+        rows.append(
+            {
+                "variant": runner.variant,
+                "device": "cpu",
+                "dtype": runner.dtype,
+                "compiled": runner.compiled,
+                "batch_size": len(batches[0]["input_ids"]),
+                "seq_per_s": round(examples / median, 2),
+                "seq_per_s_min": round(examples / max(total), 2),
+                "seq_per_s_max": round(examples / min(total), 2),
+                "p50_ms": round(float(np.percentile(lat, 50)) * 1e3, 3),
+                "p90_ms": round(float(np.percentile(lat, 90)) * 1e3, 3),
+                "gflops": round(flops, 6),
+                "compile_s": round(max(warm - median, 0.0), 2) if runner.compiled else None,
+            }
+        )
+        log.info("%s", _describe(rows[-1]))
+    return rows
+
+
+def _time_pass(runner: Runner, batches: list[dict]) -> list[float]:
+    times = []
+    for batch in batches:
+        started = time.perf_counter()
+        runner.forward(batch)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def add_ratios(rows: list[dict]) -> list[dict]:
+    """speedup, flops_reduction, efficiency against the fp32 baseline of the same compile setting and
+    batch size; speedup_vs_fp32_eager against the eager baseline of the same batch size."""
+    baselines = {(r["device"], r["compiled"], r["batch_size"]): r for r in rows if r["variant"] == "baseline"}
+    for row in rows:
+        base = baselines[(row["device"], row["compiled"], row["batch_size"])]
+        eager = baselines[(row["device"], False, row["batch_size"])]
+        speedup = row["seq_per_s"] / base["seq_per_s"]
+        reduction = base["gflops"] / row["gflops"]
+        row.update(
+            baseline_dtype=base["dtype"],
+            speedup=round(speedup, 4),
+            flops_reduction=round(reduction, 4),
+            efficiency=round(speedup / reduction, 4),
+            speedup_vs_fp32_eager=round(row["seq_per_s"] / eager["seq_per_s"], 4),
+        )
+    return rows
+
+
+def _describe(row: dict) -> str:
+    mode = "compiled" if row["compiled"] else "eager"
+    return (
+        f"{row['variant']} {row['dtype']} {mode} batch {row['batch_size']}: {row['seq_per_s']:.1f} seq/s, "
+        f"p50 {row['p50_ms']:.2f} ms, {row['gflops']:.3f} GFLOPs"
+    )
+
+
+def machine_info(threads: int) -> dict:
+    """The CPU model (lscpu), the thread count used, the GPU name or None; library versions."""
+    import torchao
+    import transformers
+
+    return {
+        "cpu": _cpu_name(),
+        "threads": threads,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "torchao": torchao.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        output = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or platform.machine()
+    for line in output.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "Model name":
+            return value.strip()
+    return platform.processor() or platform.machine()

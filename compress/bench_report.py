@@ -1,0 +1,82 @@
+"""Bench output: bench.json (DESIGN §3), a markdown table and a throughput-vs-batch-size plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from compress.artifacts import write_json
+
+COLUMNS = (
+    ("variant", "variant", "{}"),
+    ("dtype", "dtype", "{}"),
+    ("compiled", "compiled", "{}"),
+    ("batch_size", "batch", "{}"),
+    ("seq_per_s", "seq/s", "{:.1f}"),
+    ("p50_ms", "p50 ms", "{:.2f}"),
+    ("p90_ms", "p90 ms", "{:.2f}"),
+    ("gflops", "GFLOPs", "{:.3f}"),
+    ("speedup", "speedup", "{:.2f}x"),
+    ("flops_reduction", "FLOPs red.", "{:.2f}x"),
+    ("efficiency", "efficiency", "{:.2f}"),
+    ("speedup_vs_fp32_eager", "vs fp32 eager", "{:.2f}x"),
+)
+
+
+def markdown_table(result: dict) -> str:
+    """One row per variant, compile setting and batch size; ratios against the fp32 baseline."""
+    machine = result["machine"]
+    lines = [
+        f"{result['task']} {result['split']}, {result['examples']} examples; {machine['cpu']}, "
+        f"{machine['threads']} threads",
+        "",
+        "| " + " | ".join(title for _, title, _ in COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
+    for row in result["results"]:
+        lines.append("| " + " | ".join(fmt.format(row[key]) for key, _, fmt in COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_throughput(result: dict, path: Path) -> None:
+    """Sequences/s against batch size, one line per variant and compile setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    lines: dict[tuple, list[dict]] = {}
+    for row in result["results"]:
+        lines.setdefault((row["variant"], row["dtype"], row["compiled"]), []).append(row)
+    colors = {variant: f"C{index}" for index, variant in enumerate(("baseline", "pruned", "final"))}
+    for (variant, dtype, compiled), rows in lines.items():
+        rows = sorted(rows, key=lambda r: r["batch_size"])
+        ax.plot(
+            [r["batch_size"] for r in rows],
+            [r["seq_per_s"] for r in rows],
+            marker="o",
+            color=colors[variant],
+            linestyle="-" if compiled else "--",
+            label=f"{variant} {dtype} {'compiled' if compiled else 'eager'}",
+        )
+    sizes = sorted({row["batch_size"] for row in result["results"]})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes, [str(size) for size in sizes])
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("sequences / s")
+    ax.set_title(f"{result['task']} {result['split']}, CPU threads: {result['machine']['threads']}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(result: dict, out_dir: Path) -> dict[str, Path]:
+    """bench.json, bench.md and bench.png in OUT; returns their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {name: out_dir / f"bench.{name}" for name in ("json", "md", "png")}
+    write_json(paths["json"], result)
+    paths["md"].write_text(markdown_table(result))
+    plot_throughput(result, paths["png"])
+    return paths

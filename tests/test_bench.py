@@ -1,0 +1,174 @@
+"""Benchmark: the packed fast path gives the drop path's logits; bench.json keeps its contract."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+import cli
+from compress.artifacts import save_model
+from compress.bench import BenchSettings, resolve_target, run_bench
+from compress.bench_report import write_report
+from compress.errors import UserError
+from compress.fast_path import PackedPruner
+from compress.ltp import PrunableModel, PruningSpec
+from compress.models import load_model, load_tokenizer
+from compress.quantize import quantize_encoder
+from compress.recipe import parse_recipe
+from tests.test_ltp import PRUNING, batch_with_mixed_lengths, tiny_model
+
+CONTRACT = {
+    "variant",
+    "device",
+    "dtype",
+    "compiled",
+    "batch_size",
+    "seq_per_s",
+    "p50_ms",
+    "p90_ms",
+    "gflops",
+    "speedup",
+    "flops_reduction",
+    "efficiency",
+}
+TOPK = PruningSpec(method="topk", max_length=16, keep_ratios=[1.0, 0.6, 0.3])
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+@pytest.mark.parametrize("spec", [PruningSpec(**PRUNING), TOPK], ids=["ltp", "topk"])
+def test_packed_path_gives_the_drop_path_logits(kind, spec):
+    hf = tiny_model(kind)
+    ids, mask = batch_with_mixed_lengths(pad_id=hf.config.pad_token_id)
+    model = PrunableModel(hf, spec).eval()
+    with torch.no_grad():
+        dropped = model(ids, mask, mode="drop")
+    packed = PackedPruner(model)(ids, mask)
+    torch.testing.assert_close(packed.logits, dropped.logits, atol=1e-4, rtol=0)
+    torch.testing.assert_close(packed.cls_hidden, dropped.cls_hidden, atol=1e-4, rtol=0)
+    assert torch.equal(packed.tokens_in, dropped.tokens_in)
+    assert torch.equal(packed.tokens_kept, dropped.tokens_kept)
+    assert len(set(packed.tokens_kept[:, -1].tolist())) > 1, "kept counts should differ between examples"
+
+
+def test_compiled_packed_path_gives_the_drop_path_logits():
+    model = PrunableModel(tiny_model("bert"), PruningSpec(**PRUNING)).eval()
+    pruner = PackedPruner(model, compiled=True)
+    for lengths in ((12, 5, 9, 3), (7, 11)):  # a second batch shape reuses the dynamic graphs
+        ids, mask = batch_with_mixed_lengths(lengths)
+        with torch.no_grad():
+            dropped = model(ids, mask, mode="drop")
+        packed = pruner(ids, mask)
+        torch.testing.assert_close(packed.logits, dropped.logits, atol=1e-4, rtol=0)
+        assert torch.equal(packed.tokens_kept, dropped.tokens_kept)
+
+
+@pytest.fixture
+def bench_models(tmp_path, tiny_model_dir):
+    """The tiny BERT as baseline, pruned (pruning.json) and pruned + int8 (quantization.json)."""
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    # importance averages 1/N: theta_1 = 0.016 / 2 prunes about half the tokens of layer 1
+    spec = PruningSpec(final_threshold=0.016, max_length=128)
+    paths = {"baseline": str(tiny_model_dir)}
+    for name, scheme in (("pruned", None), ("final", "int8_dynamic")):
+        model = load_model(str(tiny_model_dir), 2, False)
+        model.spec = spec
+        if scheme:
+            quantize_encoder(model.hf_model, scheme)
+            model.quantization = scheme
+        save_model(model, tokenizer, tmp_path / name)
+        paths[name] = str(tmp_path / name)
+    return paths
+
+
+def tiny_recipe(model, glue):
+    return parse_recipe(
+        {
+            "name": "tiny",
+            "model": str(model),
+            "task": "sst2",
+            "data": {"dir": str(glue), "max_eval_samples": 12},
+            "stages": [{"name": "finetune", "kind": "finetune"}],
+        },
+        "tiny",
+    )
+
+
+def test_bench_json_keeps_the_contract(bench_models, tiny_model_dir, real_glue_dir, tmp_path):
+    recipe = tiny_recipe(tiny_model_dir, real_glue_dir)
+    settings = BenchSettings(batch_sizes=(1, 4), threads=1, rounds=2, compile=False)
+    models = bench_models
+    result = run_bench(models["baseline"], models["pruned"], models["final"], recipe, settings)
+    assert {"cpu", "threads", "gpu"} <= set(result["machine"]) and result["machine"]["threads"] == 1
+    assert result["examples"] == 12
+    rows = result["results"]
+    assert [(r["variant"], r["batch_size"]) for r in rows] == [
+        (variant, size) for size in (1, 4) for variant in ("baseline", "pruned", "final")
+    ]
+    for row in rows:
+        assert CONTRACT <= set(row), CONTRACT - set(row)
+        assert row["device"] == "cpu" and row["compiled"] is False
+        assert row["dtype"] == ("int8" if row["variant"] == "final" else "fp32")
+        assert row["seq_per_s"] > 0 and 0 < row["p50_ms"] <= row["p90_ms"]
+        assert row["efficiency"] == pytest.approx(row["speedup"] / row["flops_reduction"], rel=1e-3)
+        assert row["speedup_vs_fp32_eager"] == row["speedup"]  # eager rows: the same baseline
+        if row["variant"] == "baseline":
+            assert row["speedup"] == row["flops_reduction"] == 1.0
+        else:
+            assert row["flops_reduction"] > 1.1, "the pruned models should drop tokens"
+    paths = write_report(result, tmp_path / "out")
+    assert json.loads(paths["json"].read_text()) == result
+    assert paths["md"].read_text().count("\n| ") == len(rows) + 1  # header + one line per row
+    assert paths["png"].stat().st_size > 0
+
+
+def stage_dir(folder, pruned=False, quantized=False):
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    if pruned:
+        (folder / "pruning.json").write_text("{}")
+    if quantized:
+        (folder / "quantization.json").write_text("{}")
+    return folder
+
+
+RECIPE = {
+    "name": "r",
+    "model": "minilm",
+    "task": "sst2",
+    "stages": [
+        {"name": "finetune", "kind": "finetune"},
+        {"name": "soft", "kind": "ltp_soft"},
+        {"name": "hard", "kind": "ltp_hard"},
+        {"name": "int8", "kind": "quantize"},
+    ],
+}
+
+
+def test_resolve_target_from_a_recipe_folder_and_from_a_stage(tmp_path):
+    stages = tmp_path / "out" / "stages"
+    finetune = stage_dir(stages / "finetune")
+    stage_dir(stages / "soft", pruned=True)
+    hard = stage_dir(stages / "hard", pruned=True)
+    final = stage_dir(stages / "int8", pruned=True, quantized=True)
+    (tmp_path / "out" / "recipe.yaml").write_text(yaml.safe_dump(RECIPE))
+    (final / "recipe.yaml").write_text(yaml.safe_dump(RECIPE))
+    summary = {"stages": [{"kind": s["kind"], "artifact": str(stages / s["name"])} for s in RECIPE["stages"]]}
+    (tmp_path / "out" / "summary.json").write_text(json.dumps(summary))
+    for target in (tmp_path / "out", final):
+        resolved = resolve_target(target)
+        assert (resolved.baseline, resolved.pruned, resolved.final) == (str(finetune), str(hard), str(final))
+    (hard / "recipe.yaml").write_text(yaml.safe_dump({**RECIPE, "stages": RECIPE["stages"][:3]}))
+    resolved = resolve_target(hard)
+    assert (resolved.pruned, resolved.final) == (str(hard), None)
+    (finetune / "recipe.yaml").write_text(yaml.safe_dump(RECIPE))
+    with pytest.raises(UserError, match="no pruned or quantised model"):
+        resolve_target(finetune)
+    with pytest.raises(UserError, match="not a recipe output folder"):
+        resolve_target(tmp_path)
+
+
+def test_bench_command_refuses_a_bad_target(tmp_path, capsys):
+    assert cli.main(["bench", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: bench target") and err.count("\n") == 1
