@@ -89,6 +89,7 @@ def flow_run_loggers(flow_run_id) -> set[str]:
     return {log.name for log in logs}
 
 
+@pytest.mark.slow  # about 30 s: serve and the run it starts are processes
 def test_a_served_recipe_runs_when_triggered_with_other_parameters(prefect_harness, tiny_model_dir, tmp_path):
     """`serve` publishes compress/<name> with the recipe as parameters and a cron schedule; a run
     started from the API with another override completes and is tracked in MLflow."""
