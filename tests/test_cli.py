@@ -53,7 +53,11 @@ def assert_nothing_written(workdir: Path, *allowed: str) -> None:
         ({"task": "imdb"}, ["task: unknown task 'imdb'"]),
         ({"model": "./no/such/model"}, ["model './no/such/model': no such directory"]),
         ({"stages": [{"name": "x", "kind": "prune"}]}, ["stages.x.kind: unknown stage kind 'prune'"]),
-        ({"stages": [{"name": "q", "kind": "quantize"}]}, ["stages.q.kind", "not implemented yet"]),
+        ({"stages": [{"name": "b", "kind": "benchmark"}]}, ["stages.b.kind", "not implemented yet"]),
+        (
+            {"stages": [{"name": "q", "kind": "quantize", "scheme": "qat_int8"}]},
+            ["stages.q.scheme: qat_int8 needs a distill stage with qat: true"],
+        ),
         ({"stages": [{"name": "h", "kind": "ltp_hard"}]}, ["stages.h: ltp_hard needs an ltp_soft"]),
         ({"stages": [{"name": "f", "kind": "finetune", "lr": -0.1}]}, ["stages.f.lr:", "greater than 0"]),
         ({"data": {"dir": "/no/such/glue"}}, ["/no/such/glue", "does not exist"]),
