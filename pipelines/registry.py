@@ -30,7 +30,17 @@ log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACT_KEY = "model"  # name of the stage artifact inside the pyfunc model
 DEFAULT_ALIAS = "champion"
-REQUIREMENTS = ("mlflow", "torch", "transformers", "safetensors", "numpy", "pandas", "pydantic", "pyyaml")
+REQUIREMENTS = (
+    "mlflow",
+    "torch",
+    "torchao",
+    "transformers",
+    "safetensors",
+    "numpy",
+    "pandas",
+    "pydantic",
+    "pyyaml",
+)
 
 
 class PrunedClassifier(mlflow.pyfunc.PythonModel):

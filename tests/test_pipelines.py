@@ -1,6 +1,6 @@
 """Orchestration: the Prefect flow, MLflow runs and registry, `pull`, and the layering rule.
 
-One flow run (tiny random BERT, 64 SST-2 training examples, finetune -> ltp_soft) under a
+One flow run (tiny random BERT, 64 SST-2 training examples, finetune -> ltp_soft -> int8) under a
 Prefect test harness and a SQLite MLflow store in a temp dir is shared by the tests below.
 """
 
@@ -36,6 +36,7 @@ def write_recipe(folder: Path, model: Path) -> Path:
         "stages": [
             {"name": "finetune", "kind": "finetune", "lr": 1e-3, **train},
             {"name": "ltp_soft", "kind": "ltp_soft", "lambda": 0.1, "final_threshold": 0.01, **train},
+            {"name": "int8", "kind": "quantize", "scheme": "int8_dynamic"},
         ],
     }
     path = folder / "recipe.yaml"
@@ -96,7 +97,7 @@ def artifact_names(client, run_id: str) -> set[str]:
 def test_summary_names_the_tracking_run_and_model(tracked):
     block = tracked.summary["mlflow"]
     assert block == {"tracking_uri": tracked.uri, "run_id": block["run_id"], "model_uri": MODEL_URI}
-    assert [s["cached"] for s in tracked.summary["stages"]] == [False, False]
+    assert [s["cached"] for s in tracked.summary["stages"]] == [False, False, False]
 
 
 def test_parent_run_has_recipe_params_and_artifacts(tracked):
@@ -118,8 +119,11 @@ def test_parent_run_has_recipe_params_and_artifacts(tracked):
 def test_each_stage_is_a_nested_run_with_config_metrics_and_history(tracked):
     client = client_of(tracked)
     runs = stage_runs(client, tracked.summary["mlflow"]["run_id"])
-    assert sorted(runs) == ["finetune", "ltp_soft"]
-    for stage in tracked.summary["stages"]:
+    assert sorted(runs) == ["finetune", "int8", "ltp_soft"]
+    quantized = runs["int8"].data
+    assert quantized.params["scheme"] == "int8_dynamic" and quantized.metrics["bits_weight"] == 8
+    assert quantized.metrics["bops"] == pytest.approx(tracked.summary["stages"][2]["bops"])
+    for stage in tracked.summary["stages"][:2]:  # the training stages
         run = runs[stage["name"]]
         assert run.info.status == "FINISHED"
         assert run.data.tags["cached"] == "false" and run.data.tags["kind"] == stage["kind"]
@@ -146,6 +150,8 @@ def test_registered_model_loads_as_pyfunc_and_predicts_labels(tracked):
     texts = ["a gripping, beautifully acted film", "dull and lifeless", "it is a movie"]
     labels = model.predict(texts)
     assert len(labels) == 3 and set(labels) <= {"0", "1"}
+    served = model.unwrap_python_model()._model  # pruning and int8 both active behind predict
+    assert served.quantization == "int8_dynamic" and served.spec is not None
     assert model.predict(pd.DataFrame({"text": texts})) == labels
     version = client_of(tracked).get_model_version_by_alias(NAME, "champion")
     assert version.tags["cache_key"]
@@ -187,12 +193,12 @@ def test_pull_downloads_and_evaluates_the_champion(tracked, capsys):
     assert f"{final['metric']} = {final['value']:.4f} on 32 dev examples" in printed
 
 
-def test_rerun_reuses_both_stages_and_the_registered_version(tracked):
+def test_rerun_reuses_every_stage_and_the_registered_version(tracked):
     from pipelines.flow import compress_flow
 
     summary = compress_flow(str(tracked.recipe), [f"data.dir={tracked.glue}"], str(tracked.out), None, True)
     on_disk = json.loads((tracked.out / "summary.json").read_text())
-    assert [s["cached"] for s in on_disk["stages"]] == [True, True]
+    assert [s["cached"] for s in on_disk["stages"]] == [True, True, True]
     assert on_disk["mlflow"]["run_id"] == summary["mlflow"]["run_id"] != tracked.summary["mlflow"]["run_id"]
     assert on_disk["final"] == tracked.summary["final"]
     client = client_of(tracked)
@@ -200,6 +206,7 @@ def test_rerun_reuses_both_stages_and_the_registered_version(tracked):
     assert {name: run.data.tags["cached"] for name, run in runs.items()} == {
         "finetune": "true",
         "ltp_soft": "true",
+        "int8": "true",
     }
     assert len(client.search_model_versions(f"name = '{NAME}'")) == 1
 
