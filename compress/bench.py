@@ -99,13 +99,18 @@ def resolve_target(target: str | Path, overrides: list[str] | tuple[str, ...] = 
             f"bench target {str(target)!r}: not a recipe output folder (summary.json) "
             "nor a stage artifact (recipe.yaml + config.json)"
         )
+    return select_models(recipe, chain, f"bench target {str(target)!r}")
+
+
+def select_models(recipe: Recipe, chain: list[tuple[str | None, Path]], source: str) -> BenchTarget:
+    """Baseline, pruned and final model among a recipe's stage artifacts (kind, folder), in order."""
     chain = [(kind, folder) for kind, folder in chain if (folder / "config.json").is_file()]
     quantized = [folder for _, folder in chain if (folder / QUANTIZATION_FILE).is_file()]
     pruned = [f for _, f in chain if (f / PRUNING_FILE).is_file() and f not in quantized]
     if not pruned and (Path(recipe.model) / PRUNING_FILE).is_file():
         pruned = [Path(recipe.model)]
     if not pruned and not quantized:
-        raise UserError(f"bench target {str(target)!r}: no pruned or quantised model to compare")
+        raise UserError(f"{source}: no pruned or quantised model to compare")
     baseline = next((str(folder) for kind, folder in chain if kind == "finetune"), recipe.model)
     return BenchTarget(
         recipe,

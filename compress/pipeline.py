@@ -101,14 +101,14 @@ def plan(
     version = code_version()
     shared = recipe.model_dump(mode="json", by_alias=True, include={"model", "task", "seed", "data"})
     upstream_key, model, finetuned = version, recipe.model, None
-    planned = []
+    planned, upstream = [], ()
     for stage in recipe.until(until):
         config = stage.model_dump(mode="json", by_alias=True)
         key = hashlib.sha256(json.dumps([shared, config, upstream_key], sort_keys=True).encode()).hexdigest()
         output = stage_root / f"{stage.name}-{key[:12]}" if stage_root else out_dir / "stages" / stage.name
         teacher = getattr(stage, "teacher", None) or finetuned
-        planned.append(PlannedStage(stage, StageInputs(recipe, model, output, teacher, key)))
-        upstream_key, model = key, str(output)
+        planned.append(PlannedStage(stage, StageInputs(recipe, model, output, teacher, key, upstream)))
+        upstream_key, model, upstream = key, str(output), (*upstream, (stage.kind, str(output)))
         if stage.kind == "finetune":
             finetuned = str(output)
     return planned

@@ -120,11 +120,27 @@ class QuantizeConfig(StageBase):
     eval_batch_size: int = Field(128, ge=1)
 
 
+class BenchmarkConfig(StageBase):
+    """Time the unpruned baseline, the pruned and the final model side by side (`compress.bench`)."""
+
+    kind: Literal["benchmark"]
+    batch_sizes: list[int] = Field([1, 8, 32, 128], min_length=1)
+    threads: int = Field(2, ge=1)
+    rounds: int = Field(5, ge=1)
+    compile: bool = True  # also time every variant under torch.compile
+
+
 StageConfig = Annotated[
-    FinetuneConfig | LTPSoftConfig | LTPHardConfig | TopKConfig | DistillConfig | QuantizeConfig,
+    FinetuneConfig
+    | LTPSoftConfig
+    | LTPHardConfig
+    | TopKConfig
+    | DistillConfig
+    | QuantizeConfig
+    | BenchmarkConfig,
     Field(discriminator="kind"),
 ]
-IMPLEMENTED = {"finetune", "ltp_soft", "ltp_hard", "topk", "distill", "quantize"}
+IMPLEMENTED = {"finetune", "ltp_soft", "ltp_hard", "topk", "distill", "quantize", "benchmark"}
 
 
 class Recipe(_Strict):
@@ -169,6 +185,13 @@ def check_pipeline(recipe: Recipe) -> None:
     for stage in recipe.stages:
         if "quantize" in seen and stage.kind != "benchmark":
             raise ValueError(f"stages.{stage.name}: nothing but a benchmark can follow a quantize stage")
+        if "benchmark" in seen:
+            raise ValueError(f"stages.{stage.name}: a benchmark stage must be the last stage")
+        if stage.kind == "benchmark" and not seen:
+            raise ValueError(
+                f"stages.{stage.name}: a benchmark needs the stages that make its models before it "
+                "(to time an existing artifact: python cli.py bench TARGET)"
+            )
         if stage.kind == "distill" and "finetune" not in seen and not stage.teacher:
             raise ValueError(
                 f"stages.{stage.name}: distill needs a finetune stage before it or 'teacher' "

@@ -104,7 +104,8 @@ def compress_flow(
         )
         model_uri = None
         if until is None or until == recipe.stages[-1].name:
-            model_uri = register_task(recipe, summary["stages"][-1]["artifact"])
+            models = [stage for stage in summary["stages"] if stage["kind"] != "benchmark"]
+            model_uri = register_task(recipe, models[-1]["artifact"])
         summary["mlflow"] = {
             "tracking_uri": tracking.tracking_uri(),
             "run_id": run_id,

@@ -201,7 +201,8 @@ def stage_run(parent_run_id: str | None, step: PlannedStage) -> Iterator[mlflow.
 
 
 def log_stage(run_id: str, result: StageResult) -> None:
-    """Metrics, per-epoch history, the cached tag and (when the model prunes) a tokens plot."""
+    """Metrics, per-epoch history, the cached tag, a tokens plot when the model prunes, and a
+    benchmark stage's bench.json / bench.md / bench.png."""
     client = MlflowClient()
     metrics = dict(result.metrics)
     metrics.update(gflops=result.gflops, bops=result.bops, seconds=result.seconds)
@@ -219,6 +220,8 @@ def log_stage(run_id: str, result: StageResult) -> None:
     client.log_batch(run_id, metrics=rows, tags=[RunTag("cached", str(result.cached).lower())])
     if (Path(result.artifact) / PRUNING_FILE).is_file():
         log_tokens_plot(client, run_id, result)
+    for report in sorted(Path(result.artifact).glob("bench.*")):
+        client.log_artifact(run_id, str(report))
 
 
 def _now_ms() -> int:

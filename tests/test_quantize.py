@@ -1,5 +1,6 @@
 """Distillation loss, torchao quantisation of a pruned model, quantised artifacts and BOPs."""
 
+import json
 import math
 
 import pytest
@@ -119,6 +120,7 @@ def test_pipeline_distils_and_quantises_a_pruned_model(tmp_path, tiny_model_dir,
                 {"name": "hard", "kind": "ltp_hard", **train},
                 {"name": "kd", "kind": "distill", "qat": True, "hidden_weight": 0.1, **train},
                 {"name": "int8", "kind": "quantize", "scheme": "qat_int8"},
+                {"name": "bench", "kind": "benchmark", "batch_sizes": [8], "rounds": 1, "compile": False},
             ],
         },
         "tiny_int8",
@@ -132,6 +134,13 @@ def test_pipeline_distils_and_quantises_a_pruned_model(tmp_path, tiny_model_dir,
     }
     final = summary["final"]
     assert final["bops"] == stages["int8"]["bops"] < stages["kd"]["bops"]
+    assert final["value"] == stages["int8"]["metrics"]["accuracy"]  # the benchmark trains nothing
+    bench = json.loads((tmp_path / "stages" / "bench" / "bench.json").read_text())
+    timed = {(row["variant"], row["batch_size"]) for row in bench["results"]}
+    assert timed == {("baseline", 8), ("pruned", 8), ("final", 8)}
+    assert bench["models"]["final"] == stages["int8"]["artifact"]
+    assert bench["models"]["pruned"] == stages["kd"]["artifact"]
+    assert "speedup_final_vs_fp32_eager_b8" in stages["bench"]["metrics"]
     assert final["bops_reduction_vs_fp32"] == pytest.approx(4 * final["bops_reduction_vs_fp16"], rel=1e-3)
     loaded = load_model(stages["int8"]["artifact"], num_labels=2, regression=False)
     assert loaded.quantization == "qat_int8" and loaded.spec is not None

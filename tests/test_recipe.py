@@ -115,7 +115,17 @@ def test_until_selects_a_prefix():
         ),
         (
             with_changes(stages=[{"name": "a", "kind": "benchmark"}]),
-            r"stages\.a\.kind: .*'benchmark' is not implemented",
+            r"stages\.a: a benchmark needs the stages that make its models before it",
+        ),
+        (
+            with_changes(
+                stages=[
+                    {"name": "f", "kind": "finetune"},
+                    {"name": "b", "kind": "benchmark"},
+                    {"name": "q", "kind": "quantize"},
+                ]
+            ),
+            r"stages\.q: a benchmark stage must be the last stage",
         ),
         (
             with_changes(stages=[{"name": "d", "kind": "distill"}]),

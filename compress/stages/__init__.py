@@ -1,6 +1,6 @@
 """The stage registry: kind -> `run(config, inputs) -> StageResult`. Explicit, nothing discovered."""
 
-from compress.stages import distill, finetune, ltp_hard, ltp_soft, quantize, topk
+from compress.stages import benchmark, distill, finetune, ltp_hard, ltp_soft, quantize, topk
 from compress.stages.base import StageInputs, StageResult
 
 STAGES = {
@@ -10,6 +10,7 @@ STAGES = {
     "topk": topk.run,
     "distill": distill.run,
     "quantize": quantize.run,
+    "benchmark": benchmark.run,
 }
 
 __all__ = ["STAGES", "StageInputs", "StageResult"]

@@ -15,6 +15,7 @@ class StageInputs:
     output_dir: Path  # this stage's artifact directory (written atomically)
     teacher: str | None = None  # distillation teacher: the stage's own, else the finetune artifact
     cache_key: str | None = None  # stamped into result.json: the pipeline reuses a matching artifact
+    upstream: tuple[tuple[str, str], ...] = ()  # (kind, artifact) of every earlier stage, in order
 
 
 @dataclass

@@ -1,0 +1,59 @@
+"""Stage `benchmark`: time the unpruned baseline, the pruned and the final model side by side.
+
+The models come from the recipe's earlier stages (`compress.bench.select_models`); bench.json,
+bench.md and bench.png land in the stage's artifact directory. The stage reports the metrics,
+GFLOPs and BOPs of the model it follows (it trains nothing), so the summary's final row stays the
+final model's; `speedup_*` metrics are the compiled pruned-vs-baseline and final-vs-fp32-eager
+ratios at each batch size (compiled rows; eager ones with `compile: false`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from compress.artifacts import RESULT_FILE, atomic_directory, read_result, write_json
+from compress.bench import BenchSettings, run_bench, select_models
+from compress.bench_report import write_report
+from compress.recipe import BenchmarkConfig, dump_recipe
+from compress.stages.base import StageInputs, StageResult
+
+
+def headline_ratios(bench: dict, compiled: bool) -> dict[str, float]:
+    """Pruned speed-up over the baseline and final over the fp32 eager baseline, per batch size."""
+    ratios = {}
+    for row in bench["results"]:
+        if row["compiled"] != compiled:
+            continue
+        if row["variant"] == "pruned":
+            ratios[f"speedup_pruned_b{row['batch_size']}"] = row["speedup"]
+            ratios[f"efficiency_pruned_b{row['batch_size']}"] = row["efficiency"]
+        elif row["variant"] == "final":
+            ratios[f"speedup_final_vs_fp32_eager_b{row['batch_size']}"] = row["speedup_vs_fp32_eager"]
+    return ratios
+
+
+def run(config: BenchmarkConfig, inputs: StageInputs) -> StageResult:
+    started = time.perf_counter()
+    chain = [(kind, Path(folder)) for kind, folder in inputs.upstream]
+    models = select_models(inputs.recipe, chain, f"stages.{config.name}")
+    settings = BenchSettings(tuple(config.batch_sizes), config.threads, config.rounds, config.compile)
+    bench = run_bench(models.baseline, models.pruned, models.final, inputs.recipe, settings)
+    measured = read_result(Path(inputs.model))
+    result = StageResult(
+        name=config.name,
+        kind=config.kind,
+        artifact=str(inputs.output_dir),
+        metrics={**measured["metrics"], **headline_ratios(bench, config.compile)},
+        main_metric=measured["main_metric"],
+        gflops=measured["gflops"],
+        bops=measured["bops"],
+        bits=measured["bits"],
+        tokens_per_layer=measured["tokens_per_layer"],
+        seconds=round(time.perf_counter() - started, 2),
+    )
+    with atomic_directory(inputs.output_dir) as scratch:
+        write_report(bench, scratch)
+        (scratch / "recipe.yaml").write_text(dump_recipe(inputs.recipe))
+        write_json(scratch / RESULT_FILE, {**result.to_dict(), "cache_key": inputs.cache_key})
+    return result
