@@ -80,8 +80,8 @@ def resolve_target(target: str | Path, overrides: list[str] | tuple[str, ...] = 
     """What to compare for TARGET: a recipe output folder (summary.json) or a stage artifact directory.
 
     Recipe folder: its stages' artifacts. Stage directory: the stages of its recipe.yaml up to it,
-    found as sibling directories. Baseline = the finetune stage's artifact, else the recipe's
-    `model` (as in summary.json); pruned = the last float artifact with pruning.json, else the
+    found as sibling directories. Baseline = the finetune stage's artifact, else a distill stage's
+    named teacher, else the recipe's `model` (as in summary.json); pruned = the last float artifact with pruning.json, else the
     recipe's `model` when it has one; final = the last quantised artifact.
     """
     path = Path(target)
@@ -111,7 +111,8 @@ def select_models(recipe: Recipe, chain: list[tuple[str | None, Path]], source: 
         pruned = [Path(recipe.model)]
     if not pruned and not quantized:
         raise UserError(f"{source}: no pruned or quantised model to compare")
-    baseline = next((str(folder) for kind, folder in chain if kind == "finetune"), recipe.model)
+    teacher = next((stage.teacher for stage in recipe.stages if getattr(stage, "teacher", None)), None)
+    baseline = next((str(folder) for kind, folder in chain if kind == "finetune"), teacher or recipe.model)
     return BenchTarget(
         recipe,
         baseline,
