@@ -123,10 +123,13 @@ def pull(
         Path | None, typer.Option(help="Download folder (default artifacts/pulled/NAME@ALIAS)")
     ] = None,
     evaluate: Annotated[bool, typer.Option("--evaluate", help="Evaluate it on its recipe's dev set")] = False,
+    bench_: Annotated[
+        bool, typer.Option("--bench", help="Benchmark it (`bench` defaults) into OUT/bench")
+    ] = False,
     set_: SetOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Download a registered model from MLflow (and evaluate it on its recipe's dev set)."""
+    """Download a registered model from MLflow (and evaluate and/or benchmark it on its recipe's dev set)."""
     from pipelines.registry import evaluate_artifact, pull_model
 
     out_dir = out or _pull_dir(model_uri)
@@ -139,6 +142,8 @@ def pull(
             f"{result['metric']} = {result['value']:.4f} on {result['examples']} dev examples, "
             f"{result['gflops']:.4g} GFLOPs per example"
         )
+    if bench_:
+        bench(str(artifact), out=out_dir / "bench", data_dir=data_dir)
 
 
 def _pull_dir(model_uri: str) -> Path:

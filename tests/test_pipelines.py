@@ -193,6 +193,15 @@ def test_pull_downloads_and_evaluates_the_champion(tracked, capsys):
     assert f"{final['metric']} = {final['value']:.4f} on 32 dev examples" in printed
 
 
+def test_pull_benchmarks_the_champion(tracked, capsys):
+    out = tracked.root / "pulled-bench"
+    assert cli.main(["pull", MODEL_URI, "--out", str(out), "--bench", "--data-dir", str(tracked.glue)]) == 0
+    bench = json.loads((out / "bench" / "bench.json").read_text())
+    assert {row["variant"] for row in bench["results"]} == {"baseline", "final"}  # int8 model, float base
+    assert {row["dtype"] for row in bench["results"] if row["variant"] == "final"} == {"int8"}
+    assert "| final | int8 |" in capsys.readouterr().out
+
+
 def test_rerun_reuses_every_stage_and_the_registered_version(tracked):
     from pipelines.flow import compress_flow
 
