@@ -43,13 +43,11 @@ from compress.fast_path import PackedPruner
 from compress.flops import cost_from_config
 from compress.ltp import PRUNING_FILE, PrunableModel
 from compress.models import load_model, load_tokenizer
-from compress.quantize import QUANTIZATION_FILE
+from compress.quantize import PRECISION, QUANTIZATION_FILE
 from compress.recipe import Recipe, load_recipe
 from compress.task_data import prepare_data
 
 log = logging.getLogger(__name__)
-
-DTYPES = {"int8_dynamic": "int8", "qat_int8": "int8", "int8_weight_only": "int8", "int4_weight_only": "int4"}
 
 
 @dataclass
@@ -81,8 +79,8 @@ def resolve_target(target: str | Path, overrides: list[str] | tuple[str, ...] = 
 
     Recipe folder: its stages' artifacts. Stage directory: the stages of its recipe.yaml up to it,
     found as sibling directories. Baseline = the finetune stage's artifact, else a distill stage's
-    named teacher, else the recipe's `model` (as in summary.json); pruned = the last float artifact with pruning.json, else the
-    recipe's `model` when it has one; final = the last quantised artifact.
+    named teacher, else the recipe's `model` (as in summary.json); pruned = the last float artifact
+    with pruning.json, else the recipe's `model` when it has one; final = the last quantised artifact.
     """
     path = Path(target)
     if (path / "summary.json").is_file():
@@ -111,8 +109,8 @@ def select_models(recipe: Recipe, chain: list[tuple[str | None, Path]], source: 
         pruned = [Path(recipe.model)]
     if not pruned and not quantized:
         raise UserError(f"{source}: no pruned or quantised model to compare")
-    teacher = next((stage.teacher for stage in recipe.stages if getattr(stage, "teacher", None)), None)
-    baseline = next((str(folder) for kind, folder in chain if kind == "finetune"), teacher or recipe.model)
+    fallback = recipe.named_teacher() or recipe.model
+    baseline = next((str(folder) for kind, folder in chain if kind == "finetune"), fallback)
     return BenchTarget(
         recipe,
         baseline,
@@ -134,7 +132,7 @@ class Runner:
 
 def make_runner(variant: str, model: PrunableModel, compiled: bool) -> Runner:
     """The plain Hugging Face forward for an unpruned model (or the baseline), else the packed fast path."""
-    dtype = DTYPES.get(model.quantization or "", "fp32")
+    dtype = f"int{PRECISION[model.quantization].weight_bits}" if model.quantization else "fp32"
     if variant == "baseline" or model.spec is None:
         hf_model = torch.compile(model.hf_model, dynamic=True) if compiled else model.hf_model
 

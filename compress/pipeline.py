@@ -143,8 +143,7 @@ def baseline_of(recipe: Recipe, results: list[StageResult]) -> dict:
     for result in results:
         if result.kind == "finetune":
             return {"value": result.metrics[result.main_metric], "gflops": result.gflops, "bops": result.bops}
-    teacher = next((s.teacher for s in recipe.stages if getattr(s, "teacher", None)), None)
-    evaluation = evaluate_saved(recipe, teacher or recipe.model, prune=False)
+    evaluation = evaluate_saved(recipe, recipe.named_teacher() or recipe.model, prune=False)
     return {"value": evaluation.main, "gflops": evaluation.cost.gflops, "bops": evaluation.cost.bops(FP32)}
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import nn
@@ -53,7 +52,6 @@ from torchao.quantization.granularity import PerAxis  # noqa: E402
 from torchao.quantization.qat import QATConfig  # noqa: E402
 from torchao.quantization.qat.linear import FakeQuantizedLinear  # noqa: E402
 
-Scheme = Literal["int8_dynamic", "int8_weight_only", "int4_weight_only", "qat_int8"]
 QUANTIZATION_FILE = "quantization.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -134,9 +132,7 @@ def load_quantized(directory: Path, hf_model: nn.Module) -> nn.Module:
     """Load a quantised artifact into `hf_model`, a float model built on CPU from its config."""
     from safetensors import safe_open
 
-    scheme = saved_scheme(directory)
-    check_scheme(scheme)
-    quantize_encoder(hf_model, scheme)
+    quantize_encoder(hf_model, saved_scheme(directory))
     with safe_open(str(Path(directory) / WEIGHTS_FILE), framework="pt") as handle:
         metadata = handle.metadata()
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}

@@ -162,6 +162,10 @@ class Recipe(_Strict):
                 return stage
         raise UserError(f"no stage named '{name}' (stages: {', '.join(s.name for s in self.stages)})")
 
+    def named_teacher(self) -> str | None:
+        """The teacher a distill stage names explicitly, if any."""
+        return next((stage.teacher for stage in self.stages if getattr(stage, "teacher", None)), None)
+
     def until(self, name: str | None) -> list[StageBase]:
         """The stages to run: all, or up to and including `name`."""
         if name is None:
