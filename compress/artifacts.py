@@ -41,7 +41,7 @@ def save_model(model: PrunableModel, tokenizer, directory: Path) -> None:
     """Hugging Face weights (safetensors; torchao-flattened when quantised) + tokenizer +
     pruning.json when the model prunes."""
     if model.quantization:
-        save_quantized(model.hf_model, model.quantization, directory)
+        save_quantized(model.hf_model, model.quantization, directory, model.int8_attention)
     else:
         model.hf_model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)

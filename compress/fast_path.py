@@ -25,10 +25,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from compress.int8_attention import attention_context, attention_scores
 from compress.ltp import PrunableModel, PrunedOutput, _finish_layer, _key_bias, token_importance
 
 
-def _attend(layer: nn.Module, h: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor, max_length: int):
+def _attend(
+    layer: nn.Module, h: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor, max_length: int, int8: bool
+):
     """Projections on the packed tokens, attention on a padded copy, importance of each token.
 
     h (T, d) packed live tokens; rows (T,) their flat positions in the (B, K) layout whose
@@ -45,9 +48,9 @@ def _attend(layer: nn.Module, h: torch.Tensor, rows: torch.Tensor, valid: torch.
 
     q, k, v = split(attn.query(h)), split(attn.key(h)), split(attn.value(h))
     live = valid.to(h.dtype)  # (B, K)
-    scores = (q @ k.transpose(-1, -2)) * attn.scaling + _key_bias(live)[:, None, None, :].to(q.dtype)
+    scores = attention_scores(q, k, int8) * attn.scaling + _key_bias(live)[:, None, None, :].to(q.dtype)
     probs = scores.softmax(dim=-1)  # (B, H, K, K)
-    context = (probs @ v).transpose(1, 2).reshape(batch, longest, heads * head_dim)  # (B, K, d)
+    context = attention_context(probs, v, int8).transpose(1, 2).reshape(batch, longest, heads * head_dim)  # (B, K, d)
     return context, token_importance(probs, live, max_length)
 
 
@@ -81,7 +84,7 @@ class PackedPruner:
         tokens_in, tokens_kept = [], []
         for index, layer in enumerate(base.encoder.layer):
             tokens_in.append(valid.sum(dim=1))
-            context, score = self._attend(layer, h, rows, valid, model.spec.max_length)
+            context, score = self._attend(layer, h, rows, valid, model.spec.max_length, model.int8_attention)
             keep = model._hard_keep(score, valid, index, theta[index], lengths)  # (B, K) bool
             flat_keep = keep.view(-1)
             context = context.view(-1, context.shape[-1])[flat_keep]  # (T', d)

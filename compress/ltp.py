@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compress.errors import UserError
+from compress.int8_attention import attention_context, attention_scores
 
 Mode = Literal["off", "soft", "mask", "drop"]
 PRUNING_FILE = "pruning.json"
@@ -89,11 +90,14 @@ def token_importance(probs: torch.Tensor, query_weight: torch.Tensor, max_length
     return weighted.sum(dim=(1, 2)) / (num_heads * max_length)
 
 
-def _self_attention(layer: nn.Module, h: torch.Tensor, key_bias: torch.Tensor, training: bool):
+def _self_attention(
+    layer: nn.Module, h: torch.Tensor, key_bias: torch.Tensor, training: bool, int8: bool = False
+):
     """The Hugging Face layer's self-attention, unfused so its probabilities are available.
 
     h (B, n, d), key_bias (B, n) additive, 0 for live keys. Returns context (B, n, d) and
-    attention probabilities (B, H, n, n) before dropout.
+    attention probabilities (B, H, n, n) before dropout. `int8`: QK^T and AV in int8
+    (`compress.int8_attention`).
     """
     attn = layer.attention.self
     batch, n, _ = h.shape
@@ -103,9 +107,9 @@ def _self_attention(layer: nn.Module, h: torch.Tensor, key_bias: torch.Tensor, t
         return x.view(batch, n, heads, head_dim).transpose(1, 2)  # (B, H, n, dh)
 
     q, k, v = split(attn.query(h)), split(attn.key(h)), split(attn.value(h))
-    scores = (q @ k.transpose(-1, -2)) * attn.scaling + key_bias[:, None, None, :].to(q.dtype)
+    scores = attention_scores(q, k, int8) * attn.scaling + key_bias[:, None, None, :].to(q.dtype)
     probs = scores.softmax(dim=-1)  # (B, H, n, n)
-    context = F.dropout(probs, attn.dropout.p, training) @ v  # (B, H, n, dh)
+    context = attention_context(F.dropout(probs, attn.dropout.p, training), v, int8)  # (B, H, n, dh)
     return context.transpose(1, 2).reshape(batch, n, heads * head_dim), probs
 
 
@@ -155,6 +159,7 @@ class PrunableModel(nn.Module):
         self.hf_model = hf_model
         self.spec = spec
         self.quantization: str | None = None  # torchao scheme of the encoder's linear layers, if any
+        self.int8_attention = False  # QK^T and AV in int8 (pruned forward only)
         num_layers = hf_model.config.num_hidden_layers
         offsets = spec.threshold_offsets if spec and spec.threshold_offsets else [0.0] * num_layers
         # delta_l; layer 0 never uses its entry (theta_0 = 0)
@@ -192,7 +197,7 @@ class PrunableModel(nn.Module):
         tokens_in, tokens_kept, kept_fraction = [], [], h.new_zeros((), dtype=torch.float32)
         for index, layer in enumerate(base.encoder.layer):
             tokens_in.append((live > 0).sum(dim=1))
-            context, probs = _self_attention(layer, h, _key_bias(live), self.training)
+            context, probs = _self_attention(layer, h, _key_bias(live), self.training, self.int8_attention)
             score = token_importance(probs, live, self.spec.max_length)  # (B, n)
             if mode == "soft":
                 weight = self._soft_mask(score, theta[index]) * live  # (B, n)

@@ -9,7 +9,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from compress.errors import UserError
 from compress.ltp import PrunableModel, PruningSpec
-from compress.quantize import load_quantized, saved_scheme
+from compress.quantize import load_quantized, saved_quantization
 
 
 def resolve_model(name: str) -> str:
@@ -46,7 +46,8 @@ def load_model(name: str, num_labels: int, regression: bool) -> PrunableModel:
     is_dir = Path(source).is_dir()
     problem = "regression" if regression else "single_label_classification"
     labels = {"num_labels": num_labels, "problem_type": problem}
-    scheme = saved_scheme(Path(source)) if is_dir else None
+    quantization = (saved_quantization(Path(source)) if is_dir else None) or {}
+    scheme = quantization.get("scheme")
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # "newly initialized head" is expected here
     try:
@@ -65,6 +66,7 @@ def load_model(name: str, num_labels: int, regression: bool) -> PrunableModel:
     spec = PruningSpec.load(Path(source)) if is_dir else None
     model = PrunableModel(hf_model, spec).eval()
     model.quantization = scheme
+    model.int8_attention = bool(quantization.get("int8_attention"))
     return model
 
 

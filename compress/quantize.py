@@ -10,9 +10,12 @@ Schemes (`quantize_encoder`):
                        torch.compile; slower than fp32 in eager mode.
     int8_weight_only   int8 weights, float activations: smaller, no faster on CPU.
     int4_weight_only   int4 weights (groups of 128), bf16 activations: needs a CUDA GPU.
-    qat_int8           torchao's QAT convert step for a model trained with `prepare_qat`:
-                       int8 weights x int8 asymmetric per-token activations, exactly the
-                       numerics the fake-quantised training saw.
+    qat_int8           a model trained with `prepare_qat` (int8 fake quantisation), run on the
+                       same real int8 kernels as int8_dynamic. torchao's own QAT convert gives
+                       `IntxUnpackedToInt8Tensor`, which dequantises and multiplies in fp32 on
+                       CPU: its BOPs would be a fiction. Training fake-quantises activations
+                       asymmetrically (torchao has no symmetric per-token fake quantiser), the
+                       kernel quantises them symmetrically; the dev score is the real kernel's.
 
 A quantised artifact is the Hugging Face config + tokenizer, `model.safetensors` written through
 torchao's flatten helpers, and `quantization.json` naming the scheme. Loading builds the float
@@ -56,7 +59,7 @@ QUANTIZATION_FILE = "quantization.json"
 WEIGHTS_FILE = "model.safetensors"
 
 # Bits of the linear layers' operands per scheme. The attention matmuls (QK^T, AV) multiply two
-# activations and stay in float: 32 bits on CPU.
+# activations and stay in float (32 bits on CPU) unless the quantize stage sets attention: int8.
 PRECISION: dict[str, Precision] = {
     "int8_dynamic": Precision(weight_bits=8, activation_bits=8),
     "qat_int8": Precision(weight_bits=8, activation_bits=8),
@@ -84,12 +87,9 @@ def check_scheme(scheme: str) -> None:
 def quantize_encoder(hf_model: nn.Module, scheme: str) -> None:
     """Quantise the encoder's linear layers in place."""
     check_scheme(scheme)
-    if scheme == "qat_int8":
-        prepare_qat(hf_model)  # structure of a QAT model; no learned state in its fake quantisers
-        quantize_(hf_model, QATConfig(_qat_base_config(), step="convert"), filter_fn=is_encoder_linear)
-        return
     configs = {
         "int8_dynamic": Int8DynamicActivationInt8WeightConfig,
+        "qat_int8": Int8DynamicActivationInt8WeightConfig,  # real int8 kernels on QAT-trained weights
         "int8_weight_only": Int8WeightOnlyConfig,
         "int4_weight_only": lambda: Int4WeightOnlyConfig(group_size=128),
     }
@@ -110,7 +110,13 @@ def remove_fake_quantizers(hf_model: nn.Module) -> None:
             hf_model.set_submodule(name, module.to_linear())
 
 
-def save_quantized(hf_model: nn.Module, scheme: str, directory: Path) -> None:
+def precision(scheme: str, int8_attention: bool = False) -> Precision:
+    """Operand bits of a quantised model's matmuls (for BOPs)."""
+    bits = PRECISION[scheme]
+    return Precision(bits.weight_bits, bits.activation_bits, 8) if int8_attention else bits
+
+
+def save_quantized(hf_model: nn.Module, scheme: str, directory: Path, int8_attention: bool = False) -> None:
     """Config + flattened quantised weights (safetensors) + quantization.json."""
     from safetensors.torch import save_file
 
@@ -119,20 +125,21 @@ def save_quantized(hf_model: nn.Module, scheme: str, directory: Path) -> None:
     state = {name: tensor.detach().cpu() for name, tensor in hf_model.state_dict().items()}
     tensors, metadata = flatten_tensor_state_dict(state)
     save_file(tensors, directory / WEIGHTS_FILE, metadata=metadata)
-    (directory / QUANTIZATION_FILE).write_text(json.dumps({"scheme": scheme}, indent=2) + "\n")
+    info = {"scheme": scheme, "int8_attention": int8_attention}
+    (directory / QUANTIZATION_FILE).write_text(json.dumps(info, indent=2) + "\n")
 
 
-def saved_scheme(directory: Path) -> str | None:
-    """The scheme of a quantised artifact, or None for a float one."""
+def saved_quantization(directory: Path) -> dict | None:
+    """quantization.json of a quantised artifact ({"scheme", "int8_attention"}), or None for a float one."""
     path = Path(directory) / QUANTIZATION_FILE
-    return json.loads(path.read_text())["scheme"] if path.is_file() else None
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def load_quantized(directory: Path, hf_model: nn.Module) -> nn.Module:
     """Load a quantised artifact into `hf_model`, a float model built on CPU from its config."""
     from safetensors import safe_open
 
-    quantize_encoder(hf_model, saved_scheme(directory))
+    quantize_encoder(hf_model, saved_quantization(directory)["scheme"])
     with safe_open(str(Path(directory) / WEIGHTS_FILE), framework="pt") as handle:
         metadata = handle.metadata()
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}

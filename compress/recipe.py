@@ -28,6 +28,7 @@ GLUE_TASKS = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnl
 # DESIGN §1 kinds plus the static top-k baseline; `IMPLEMENTED` grows as stages land.
 KNOWN_KINDS = ("finetune", "ltp_soft", "ltp_hard", "topk", "distill", "quantize", "benchmark")
 PRUNING_KINDS = ("ltp_hard", "topk")
+INT8_ACTIVATIONS = ("int8_dynamic", "qat_int8")  # quantize schemes whose activations are int8
 
 
 class _Strict(BaseModel):
@@ -117,6 +118,7 @@ class QuantizeConfig(StageBase):
 
     kind: Literal["quantize"]
     scheme: Literal["int8_dynamic", "int8_weight_only", "int4_weight_only", "qat_int8"] = "int8_dynamic"
+    attention: Literal["float", "int8"] = "float"  # QK^T and AV: int8 needs a pruned model and int8 activations
     eval_batch_size: int = Field(128, ge=1)
 
 
@@ -204,6 +206,11 @@ def check_pipeline(recipe: Recipe) -> None:
         if stage.kind == "quantize" and stage.scheme == "qat_int8" and not qat_trained:
             raise ValueError(
                 f"stages.{stage.name}.scheme: qat_int8 needs a distill stage with qat: true before it"
+            )
+        if stage.kind == "quantize" and stage.attention == "int8" and stage.scheme not in INT8_ACTIVATIONS:
+            raise ValueError(
+                f"stages.{stage.name}.attention: int8 attention needs int8 activations "
+                f"(scheme {' or '.join(INT8_ACTIVATIONS)}, not {stage.scheme})"
             )
         qat_trained = qat_trained or getattr(stage, "qat", False)
         if stage.kind == "ltp_hard" and "ltp_soft" not in seen and not stage.thresholds:

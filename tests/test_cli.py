@@ -58,6 +58,10 @@ def assert_nothing_written(workdir: Path, *allowed: str) -> None:
             {"stages": [{"name": "q", "kind": "quantize", "scheme": "qat_int8"}]},
             ["stages.q.scheme: qat_int8 needs a distill stage with qat: true"],
         ),
+        (
+            {"stages": [{"name": "q", "kind": "quantize", "scheme": "int8_weight_only", "attention": "int8"}]},
+            ["stages.q.attention: int8 attention needs int8 activations", "not int8_weight_only"],
+        ),
         ({"stages": [{"name": "h", "kind": "ltp_hard"}]}, ["stages.h: ltp_hard needs an ltp_soft"]),
         ({"stages": [{"name": "f", "kind": "finetune", "lr": -0.1}]}, ["stages.f.lr:", "greater than 0"]),
         ({"data": {"dir": "/no/such/glue"}}, ["/no/such/glue", "does not exist"]),

@@ -12,7 +12,9 @@ from compress.errors import UserError
 from compress.flops import FP16, FP32, Precision, encoder_cost
 from compress.ltp import PrunableModel, PruningSpec
 from compress.models import load_model
-from compress.quantize import PRECISION, check_scheme, quantize_encoder
+from compress.fast_path import PackedPruner
+from compress.int8_attention import attention_context, attention_scores
+from compress.quantize import PRECISION, check_scheme, precision, quantize_encoder
 from compress.stages.distill import kd_loss
 from tests.test_ltp import PRUNING, TINY, batch_with_mixed_lengths
 
@@ -74,19 +76,57 @@ def test_quantised_model_still_drops_tokens_and_stays_close():
     assert error < 0.1  # int8 rounding, not a different model
 
 
-@pytest.mark.parametrize("scheme", ["int8_dynamic", "int8_weight_only", "qat_int8"])
-def test_quantised_artifact_round_trip_gives_the_same_logits(tmp_path, tiny_model_dir, scheme):
+def test_int8_attention_matmuls_are_exact_on_integer_operands_and_close_on_float_ones():
+    torch.manual_seed(0)
+    q, k = torch.randint(-127, 128, (2, 3, 5, 16)).float(), torch.randint(-127, 128, (2, 3, 6, 16)).float()
+    q[..., 0], k[..., 0] = 127, -127  # every token reaches 127: the scales are exactly 1
+    assert torch.equal(attention_scores(q, k, int8=True), q @ k.transpose(-1, -2))
+    probs = torch.randn(2, 3, 5, 6).softmax(-1)
+    v = torch.randn(2, 3, 6, 16)
+    for got, want in [
+        (attention_scores(v, v, int8=True), v @ v.transpose(-1, -2)),
+        (attention_context(probs, v, int8=True), probs @ v),
+    ]:
+        error = (got - want).norm() / want.norm()
+        assert 0 < error < 0.02  # rounded, but int8 rounding only
+
+
+def test_int8_attention_still_drops_tokens_and_the_packed_path_agrees():
+    model = pruned_tiny_model()
+    ids, mask = batch_with_mixed_lengths()
+    quantize_encoder(model.hf_model, "int8_dynamic")
+    with torch.no_grad():
+        float_attention = model(ids, mask, mode="drop")
+        model.int8_attention = True
+        dropped, masked = model(ids, mask, mode="drop"), model(ids, mask, mode="mask")
+        packed = PackedPruner(model)(ids, mask)
+    assert not torch.equal(dropped.logits, float_attention.logits)  # the int8 path really ran
+    error = (dropped.logits - float_attention.logits).norm() / float_attention.logits.norm()
+    assert error < 0.1
+    assert (dropped.tokens_kept < dropped.tokens_in).any()
+    torch.testing.assert_close(dropped.logits, masked.logits, atol=1e-4, rtol=0)
+    torch.testing.assert_close(packed.logits, dropped.logits, atol=1e-4, rtol=0)
+    assert torch.equal(packed.tokens_kept, dropped.tokens_kept)
+    assert precision("int8_dynamic", int8_attention=True) == Precision(8, 8, 8)
+
+
+@pytest.mark.parametrize(
+    ("scheme", "int8_attention"),
+    [("int8_dynamic", False), ("int8_weight_only", False), ("qat_int8", False), ("int8_dynamic", True)],
+)
+def test_quantised_artifact_round_trip_gives_the_same_logits(tmp_path, tiny_model_dir, scheme, int8_attention):
     from transformers import AutoTokenizer
 
     model = pruned_tiny_model()
     quantize_encoder(model.hf_model, scheme)
-    model.quantization = scheme
+    model.quantization, model.int8_attention = scheme, int8_attention
     save_model(model, AutoTokenizer.from_pretrained(tiny_model_dir), tmp_path)
     loaded = load_model(str(tmp_path), num_labels=TINY["num_labels"], regression=False)
     ids, mask = batch_with_mixed_lengths()
     with torch.no_grad():
         expected, got = model(ids, mask), loaded(ids, mask)
     assert loaded.quantization == scheme and loaded.spec == model.spec
+    assert loaded.int8_attention == int8_attention
     assert torch.equal(expected.logits, got.logits)
     assert torch.equal(expected.tokens_kept, got.tokens_kept)
 
@@ -119,7 +159,7 @@ def test_pipeline_distils_and_quantises_a_pruned_model(tmp_path, tiny_model_dir,
                 {"name": "soft", "kind": "ltp_soft", "final_threshold": 0.05, **train},
                 {"name": "hard", "kind": "ltp_hard", **train},
                 {"name": "kd", "kind": "distill", "qat": True, "hidden_weight": 0.1, **train},
-                {"name": "int8", "kind": "quantize", "scheme": "qat_int8"},
+                {"name": "int8", "kind": "quantize", "scheme": "qat_int8", "attention": "int8"},
                 {"name": "bench", "kind": "benchmark", "batch_sizes": [8], "rounds": 1, "compile": False},
             ],
         },
@@ -130,7 +170,7 @@ def test_pipeline_distils_and_quantises_a_pruned_model(tmp_path, tiny_model_dir,
     assert stages["kd"]["bits"]["weight"] == 32 and stages["int8"]["bits"] == {
         "weight": 8,
         "activation": 8,
-        "attention": 32,
+        "attention": 8,
     }
     final = summary["final"]
     assert final["bops"] == stages["int8"]["bops"] < stages["kd"]["bops"]
@@ -143,6 +183,25 @@ def test_pipeline_distils_and_quantises_a_pruned_model(tmp_path, tiny_model_dir,
     assert "speedup_final_vs_fp32_eager_b8" in stages["bench"]["metrics"]
     assert final["bops_reduction_vs_fp32"] == pytest.approx(4 * final["bops_reduction_vs_fp16"], rel=1e-3)
     loaded = load_model(stages["int8"]["artifact"], num_labels=2, regression=False)
-    assert loaded.quantization == "qat_int8" and loaded.spec is not None
+    assert loaded.quantization == "qat_int8" and loaded.spec is not None and loaded.int8_attention
     weight = loaded.hf_model.bert.encoder.layer[0].output.dense.weight
-    assert type(weight).__name__ == "IntxUnpackedToInt8Tensor"
+    assert type(weight).__name__ == "Int8Tensor"  # the real int8 kernel, not torchao's dequantising QAT tensor
+
+
+def test_int8_attention_on_a_model_that_does_not_prune_is_one_clear_error(tmp_path, tiny_model_dir, real_glue_dir):
+    from compress.pipeline import run_pipeline
+    from compress.recipe import parse_recipe
+
+    recipe = parse_recipe(
+        {
+            "name": "tiny_unpruned_int8",
+            "model": str(tiny_model_dir),
+            "task": "sst2",
+            "data": {"dir": str(real_glue_dir), "max_train_samples": 16, "max_eval_samples": 16},
+            "stages": [{"name": "int8", "kind": "quantize", "attention": "int8"}],
+        },
+        "tiny_unpruned_int8",
+    )
+    with pytest.raises(UserError, match="stages.int8.attention: int8 attention runs in the pruning forward"):
+        run_pipeline(recipe, tmp_path)
+    assert not (tmp_path / "stages" / "int8" / "result.json").exists()

@@ -6,8 +6,8 @@ Loss = alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))   (MSE on 
 
 The student keeps pruning (tokens dropped, thresholds frozen). With `qat: true` the encoder's
 linear layers train under torchao's int8 fake quantisation (QAT prepare); the artifact keeps
-the trained float weights, and a later `quantize` stage with scheme `qat_int8` runs torchao's
-convert step on them. The best dev epoch is kept.
+the trained float weights, and a later `quantize` stage with scheme `qat_int8` puts them on
+real int8 kernels. The best dev epoch is kept.
 """
 
 from __future__ import annotations
