@@ -50,7 +50,8 @@ def _attend(
     live = valid.to(h.dtype)  # (B, K)
     scores = attention_scores(q, k, int8) * attn.scaling + _key_bias(live)[:, None, None, :].to(q.dtype)
     probs = scores.softmax(dim=-1)  # (B, H, K, K)
-    context = attention_context(probs, v, int8).transpose(1, 2).reshape(batch, longest, heads * head_dim)  # (B, K, d)
+    context = attention_context(probs, v, int8)  # (B, H, K, dh)
+    context = context.transpose(1, 2).reshape(batch, longest, heads * head_dim)  # (B, K, d)
     return context, token_importance(probs, live, max_length)
 
 

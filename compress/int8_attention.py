@@ -28,7 +28,7 @@ def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _int8_bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """(..., m, k) int8 @ (..., k, n) int8 -> (..., m, n) int32."""
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
-    pairs = zip(a.reshape(-1, m, k), b.reshape(-1, k, n))
+    pairs = zip(a.reshape(-1, m, k), b.reshape(-1, k, n), strict=True)
     return torch.stack([torch._int_mm(left, right) for left, right in pairs]).view(*a.shape[:-2], m, n)
 
 

@@ -118,7 +118,7 @@ class QuantizeConfig(StageBase):
 
     kind: Literal["quantize"]
     scheme: Literal["int8_dynamic", "int8_weight_only", "int4_weight_only", "qat_int8"] = "int8_dynamic"
-    attention: Literal["float", "int8"] = "float"  # QK^T and AV: int8 needs a pruned model and int8 activations
+    attention: Literal["float", "int8"] = "float"  # QK^T and AV; int8 needs pruning and int8 activations
     eval_batch_size: int = Field(128, ge=1)
 
 

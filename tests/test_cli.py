@@ -59,7 +59,11 @@ def assert_nothing_written(workdir: Path, *allowed: str) -> None:
             ["stages.q.scheme: qat_int8 needs a distill stage with qat: true"],
         ),
         (
-            {"stages": [{"name": "q", "kind": "quantize", "scheme": "int8_weight_only", "attention": "int8"}]},
+            {
+                "stages": [
+                    {"name": "q", "kind": "quantize", "scheme": "int8_weight_only", "attention": "int8"}
+                ]
+            },  # noqa: E501
             ["stages.q.attention: int8 attention needs int8 activations", "not int8_weight_only"],
         ),
         ({"stages": [{"name": "h", "kind": "ltp_hard"}]}, ["stages.h: ltp_hard needs an ltp_soft"]),

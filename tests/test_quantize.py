@@ -9,11 +9,11 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from compress.artifacts import save_model
 from compress.errors import UserError
+from compress.fast_path import PackedPruner
 from compress.flops import FP16, FP32, Precision, encoder_cost
+from compress.int8_attention import attention_context, attention_scores
 from compress.ltp import PrunableModel, PruningSpec
 from compress.models import load_model
-from compress.fast_path import PackedPruner
-from compress.int8_attention import attention_context, attention_scores
 from compress.quantize import PRECISION, check_scheme, precision, quantize_encoder
 from compress.stages.distill import kd_loss
 from tests.test_ltp import PRUNING, TINY, batch_with_mixed_lengths
@@ -114,7 +114,9 @@ def test_int8_attention_still_drops_tokens_and_the_packed_path_agrees():
     ("scheme", "int8_attention"),
     [("int8_dynamic", False), ("int8_weight_only", False), ("qat_int8", False), ("int8_dynamic", True)],
 )
-def test_quantised_artifact_round_trip_gives_the_same_logits(tmp_path, tiny_model_dir, scheme, int8_attention):
+def test_quantised_artifact_round_trip_gives_the_same_logits(
+    tmp_path, tiny_model_dir, scheme, int8_attention
+):
     from transformers import AutoTokenizer
 
     model = pruned_tiny_model()
@@ -185,10 +187,10 @@ def test_pipeline_distils_and_quantises_a_pruned_model(tmp_path, tiny_model_dir,
     loaded = load_model(stages["int8"]["artifact"], num_labels=2, regression=False)
     assert loaded.quantization == "qat_int8" and loaded.spec is not None and loaded.int8_attention
     weight = loaded.hf_model.bert.encoder.layer[0].output.dense.weight
-    assert type(weight).__name__ == "Int8Tensor"  # the real int8 kernel, not torchao's dequantising QAT tensor
+    assert type(weight).__name__ == "Int8Tensor"  # the real int8 kernel, not a dequantising QAT tensor
 
 
-def test_int8_attention_on_a_model_that_does_not_prune_is_one_clear_error(tmp_path, tiny_model_dir, real_glue_dir):
+def test_int8_attention_on_an_unpruned_model_is_one_clear_error(tmp_path, tiny_model_dir, real_glue_dir):
     from compress.pipeline import run_pipeline
     from compress.recipe import parse_recipe
 
