@@ -63,7 +63,7 @@ def assert_nothing_written(workdir: Path, *allowed: str) -> None:
                 "stages": [
                     {"name": "q", "kind": "quantize", "scheme": "int8_weight_only", "attention": "int8"}
                 ]
-            },  # noqa: E501
+            },
             ["stages.q.attention: int8 attention needs int8 activations", "not int8_weight_only"],
         ),
         ({"stages": [{"name": "h", "kind": "ltp_hard"}]}, ["stages.h: ltp_hard needs an ltp_soft"]),
