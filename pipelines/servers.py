@@ -9,11 +9,22 @@ from __future__ import annotations
 import fcntl
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from compress.errors import UserError
 
 HEALTH_TIMEOUT_S = 2.0
 START_PREFECT = "run `prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api"
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file `path` across processes; released on exit."""
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def probe(health_url: str) -> str | None:
@@ -64,8 +75,7 @@ def _start_local_api() -> str:
 
     home = PREFECT_HOME.value()
     home.mkdir(parents=True, exist_ok=True)
-    with open(home / "local-api.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    with exclusive_lock(home / "local-api.lock"):
         server = SubprocessASGIServer()  # one per process; Prefect's client reuses it
         server.start()
     return server.api_url

@@ -18,7 +18,6 @@ the experiment whose process is gone (same host) as FAILED.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import socket
@@ -38,7 +37,7 @@ from compress.ltp import PRUNING_FILE
 from compress.pipeline import PlannedStage
 from compress.recipe import Recipe, dump_recipe
 from compress.stages import StageResult
-from pipelines.servers import probe
+from pipelines.servers import exclusive_lock, probe
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +87,7 @@ def _open_sqlite_store(uri: str, path: Path) -> None:
     """Open (create, migrate) the SQLite store holding a file lock: two pipelines that start at
     once on a new store would otherwise both create its tables, and one fails. MLflow keeps the
     opened store for the process; SQLite and MLflow's busy timeout serialise later writes."""
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    with exclusive_lock(path.with_name(path.name + ".lock")):
         MlflowClient(uri).search_experiments(max_results=1)
 
 
