@@ -54,7 +54,7 @@ def load_model(name: str, num_labels: int, regression: bool) -> PrunableModel:
         if scheme:
             config = AutoConfig.from_pretrained(source, **labels)
             float_model = AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
-            hf_model = load_quantized(Path(source), float_model)
+            hf_model = load_quantized(Path(source), float_model, scheme)
         else:
             hf_model = AutoModelForSequenceClassification.from_pretrained(
                 source, attn_implementation="sdpa", **labels

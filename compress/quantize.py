@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -113,7 +114,7 @@ def remove_fake_quantizers(hf_model: nn.Module) -> None:
 def precision(scheme: str, int8_attention: bool = False) -> Precision:
     """Operand bits of a quantised model's matmuls (for BOPs)."""
     bits = PRECISION[scheme]
-    return Precision(bits.weight_bits, bits.activation_bits, 8) if int8_attention else bits
+    return replace(bits, attention_bits=8) if int8_attention else bits
 
 
 def save_quantized(hf_model: nn.Module, scheme: str, directory: Path, int8_attention: bool = False) -> None:
@@ -135,11 +136,12 @@ def saved_quantization(directory: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def load_quantized(directory: Path, hf_model: nn.Module) -> nn.Module:
-    """Load a quantised artifact into `hf_model`, a float model built on CPU from its config."""
+def load_quantized(directory: Path, hf_model: nn.Module, scheme: str) -> nn.Module:
+    """Load a quantised artifact (its `saved_quantization` scheme) into `hf_model`, a float model
+    built on CPU from its config."""
     from safetensors import safe_open
 
-    quantize_encoder(hf_model, saved_quantization(directory)["scheme"])
+    quantize_encoder(hf_model, scheme)
     with safe_open(str(Path(directory) / WEIGHTS_FILE), framework="pt") as handle:
         metadata = handle.metadata()
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}
