@@ -3,10 +3,13 @@
 `PrunableModel(mode="drop")` re-pads every batch to its longest kept row, so the linear layers
 also multiply the padding; after pruning, kept counts differ a lot between the examples of a
 batch (SST-2, MiniLM: 20% padding against 3% before pruning). Here every linear layer, the
-LayerNorms and the GELU run on the live tokens packed into one (T, d) tensor; only attention
-(QK^T, softmax, AV: a few percent of the FLOPs) runs on a padded (B, K, d) copy. Thresholds,
-importance scores and keep decisions are `PrunableModel`'s own, so the logits and the token
-counts are those of mode="drop" (up to float rounding).
+LayerNorms and the GELU run on the live tokens packed into one (T, d) tensor, Q, K and V come
+from one fused GEMM, and attention (QK^T, softmax, AV: a few percent of the FLOPs) runs
+- on CPU, on a padded (B, K, H, dh) copy (one scatter, skipped when nothing is padded);
+- on CUDA, packed (`compress.varlen_attention`: one Triton kernel for the output and the
+  importance scores, the probabilities never written out).
+Thresholds, importance scores and keep decisions are `PrunableModel`'s own, so the logits and
+the token counts are those of mode="drop" (up to float rounding).
 
 `PackedPruner(model, compiled=True)` compiles the two dense steps of a layer (projections +
 attention + importance; output projection + FFN) with `torch.compile(dynamic=True)`: one graph
@@ -25,34 +28,95 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from compress import varlen_attention
 from compress.int8_attention import attention_context, attention_scores
 from compress.ltp import PrunableModel, PrunedOutput, _finish_layer, _key_bias, token_importance
 
 
+def fuse_qkv(attn: nn.Module) -> nn.Linear | None:
+    """One linear layer computing [Q * scaling, K, V] from the query, key and value layers.
+
+    One GEMM instead of three, and the attention scaling folded into the query rows. Float weights
+    are concatenated; torchao weights quantised per output row (`block_size[0] == 1`) are
+    concatenated part by part (row scales included, so the fused layer computes exactly what the
+    three did). Returns None for anything else: the caller keeps the three layers.
+    """
+    parts = (attn.query, attn.key, attn.value)
+    if any(p.bias is None for p in parts):
+        return None
+    scaling = attn.scaling
+    weights = [p.weight.detach() for p in parts]
+    if all(type(w) is torch.Tensor for w in weights):
+        weight = torch.cat([weights[0] * scaling, *weights[1:]])
+    else:
+        weight = _concat_quantized_rows(weights, scaling)
+        if weight is None:
+            return None
+    bias = torch.cat([parts[0].bias.detach() * scaling, *(p.bias.detach() for p in parts[1:])])
+    fused = nn.Linear(weight.shape[1], weight.shape[0], device=bias.device, dtype=bias.dtype)
+    fused.weight = nn.Parameter(weight, requires_grad=False)
+    fused.bias = nn.Parameter(bias, requires_grad=False)
+    return fused
+
+
+def _concat_quantized_rows(weights: list[torch.Tensor], query_scaling: float) -> torch.Tensor | None:
+    """Row-wise concatenation of tensor-subclass weights with per-row quantisation (torchao Int8Tensor)."""
+    flat = [w.__tensor_flatten__() if hasattr(w, "__tensor_flatten__") else None for w in weights]
+    if any(f is None for f in flat) or len({type(w) for w in weights}) > 1:
+        return None
+    names, attrs = flat[0]
+    if list(attrs.get("block_size", [None]))[0] != 1 or "scale" not in names:
+        return None
+    inner = {}
+    for name in names:
+        tensors = [getattr(w, name) for w in weights]
+        if any(t is None for t in tensors):
+            inner[name] = None
+            continue
+        if name == "scale":
+            tensors[0] = tensors[0] * query_scaling
+        inner[name] = torch.cat(tensors)
+    rows = sum(w.shape[0] for w in weights)
+    size = torch.Size([rows, weights[0].shape[1]])
+    return type(weights[0]).__tensor_unflatten__(inner, attrs, size, (size[1], 1))
+
+
 def _attend(
-    layer: nn.Module, h: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor, max_length: int, int8: bool
-):
+    qkv: nn.Module, heads: int, h: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor, max_length: int,
+    int8: bool,
+):  # fmt: skip
     """Projections on the packed tokens, attention on a padded copy, importance of each token.
 
-    h (T, d) packed live tokens; rows (T,) their flat positions in the (B, K) layout whose
-    validity mask is `valid`. Returns the context (B, K, d) and the importance scores (B, K).
-    Same arithmetic as `compress.ltp._self_attention` + `token_importance`.
+    qkv: `fuse_qkv` of the layer's attention (Q pre-scaled). h (T, d) packed live tokens; rows (T,)
+    their flat positions in the (B, K) layout whose validity mask is `valid`. Returns the context
+    (B, K, H, dh) and the importance scores (B, K). Same arithmetic as `compress.ltp._self_attention`
+    + `token_importance`, up to float rounding.
     """
-    attn = layer.attention.self
     batch, longest = valid.shape
-    heads, head_dim = attn.num_attention_heads, attn.attention_head_size
-
-    def split(x: torch.Tensor) -> torch.Tensor:
-        padded = x.new_zeros(batch * longest, x.shape[-1]).index_copy_(0, rows, x)  # (B*K, d)
-        return padded.view(batch, longest, heads, head_dim).transpose(1, 2)  # (B, H, K, dh)
-
-    q, k, v = split(attn.query(h)), split(attn.key(h)), split(attn.value(h))
+    projected = qkv(h)  # (T, 3d)
+    if rows.shape[0] != batch * longest:  # padding: one scatter into the (B*K) layout
+        projected = projected.new_zeros(batch * longest, projected.shape[1]).index_copy_(0, rows, projected)
+    q, k, v = projected.view(batch, longest, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, K, dh)
+    scores = attention_scores(q, k, int8)
     live = valid.to(h.dtype)  # (B, K)
-    scores = attention_scores(q, k, int8) * attn.scaling + _key_bias(live)[:, None, None, :].to(q.dtype)
+    if rows.shape[0] != batch * longest:
+        scores = scores + _key_bias(live)[:, None, None, :].to(q.dtype)
     probs = scores.softmax(dim=-1)  # (B, H, K, K)
-    context = attention_context(probs, v, int8)  # (B, H, K, dh)
-    context = context.transpose(1, 2).reshape(batch, longest, heads * head_dim)  # (B, K, d)
+    context = attention_context(probs, v, int8).transpose(1, 2)  # (B, K, H, dh), a view
     return context, token_importance(probs, live, max_length)
+
+
+def _attend_varlen(
+    qkv: nn.Module, heads: int, h: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor, max_length: int,
+    int8: bool,
+):  # fmt: skip
+    """`_attend` with attention on the packed tokens: context (T, H, dh), importance scores (B, K)."""
+    batch, longest = valid.shape
+    q, k, v = qkv(h).view(h.shape[0], 3, heads, -1).unbind(1)  # (T, H, dh) each
+    offsets = torch.nn.functional.pad(valid.sum(dim=1).cumsum(0), (1, 0)).to(torch.int32)  # (B + 1,)
+    context, importance = varlen_attention.attention_with_importance(q, k, v, offsets, longest, max_length)
+    score = importance.new_zeros(batch * longest).index_copy_(0, rows, importance).view(batch, longest)
+    return context, score
 
 
 def _compile(fn):
@@ -62,14 +126,40 @@ def _compile(fn):
     return torch._dynamo.config.patch(recompile_limit=64)(torch.compile(fn, dynamic=True))
 
 
-class PackedPruner:
-    """Runs a `PrunableModel`'s drop-mode forward on packed tokens (inference only)."""
+class _SeparateProjections(nn.Module):
+    """Fallback of `fuse_qkv`: the three projections, concatenated, Q scaled."""
 
-    def __init__(self, model: PrunableModel, compiled: bool = False):
+    def __init__(self, attn: nn.Module):
+        super().__init__()
+        self.attn = attn
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        attn = self.attn
+        return torch.cat([attn.query(h) * attn.scaling, attn.key(h), attn.value(h)], dim=-1)
+
+
+class PackedPruner:
+    """Runs a `PrunableModel`'s drop-mode forward on packed tokens (inference only).
+
+    varlen: attention on the packed tokens (`_attend_varlen`) instead of a padded copy; default:
+    on CUDA when Triton is installed and attention is float.
+    """
+
+    def __init__(self, model: PrunableModel, compiled: bool = False, varlen: bool | None = None):
         if model.spec is None:
             raise ValueError("PackedPruner needs a pruned model (one with a pruning spec)")
+        if varlen is None:
+            on_cuda = model.threshold_offsets.is_cuda
+            varlen = on_cuda and varlen_attention.available() and not model.int8_attention
+        if varlen and model.int8_attention:
+            raise ValueError("the varlen attention kernel is float only; this model has int8 attention")
         self.model = model.eval()
-        self._attend = _compile(_attend) if compiled else _attend
+        self.varlen = varlen
+        attentions = [layer.attention.self for layer in model.hf_model.base_model.encoder.layer]
+        self._qkv = [fuse_qkv(attn) or _SeparateProjections(attn) for attn in attentions]
+        self._heads = attentions[0].num_attention_heads
+        attend = _attend_varlen if varlen else _attend
+        self._attend = _compile(attend) if compiled else attend
         self._finish = _compile(_finish_layer) if compiled else _finish_layer
 
     @torch.inference_mode()
@@ -85,11 +175,13 @@ class PackedPruner:
         tokens_in, tokens_kept = [], []
         for index, layer in enumerate(base.encoder.layer):
             tokens_in.append(valid.sum(dim=1))
-            context, score = self._attend(layer, h, rows, valid, model.spec.max_length, model.int8_attention)
+            context, score = self._attend(
+                self._qkv[index], self._heads, h, rows, valid, model.spec.max_length, model.int8_attention
+            )
             keep = model._hard_keep(score, valid, index, theta[index], lengths)  # (B, K) bool
-            flat_keep = keep.view(-1)
-            context = context.view(-1, context.shape[-1])[flat_keep]  # (T', d)
-            h = self._finish(layer, context, h[flat_keep[rows]])  # (T', d)
+            kept = keep.view(-1)[rows]  # (T,) which packed tokens stay
+            context = (context[kept] if self.varlen else context[keep]).flatten(1)  # (T', d): one copy
+            h = self._finish(layer, context, h[kept])  # (T', d)
             counts = keep.sum(dim=1)  # (B,)
             valid = torch.arange(int(counts.max()), device=h.device)[None, :] < counts[:, None]
             rows = valid.view(-1).nonzero().squeeze(1)
