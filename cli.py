@@ -159,6 +159,9 @@ def bench(
     rounds: Annotated[int, typer.Option(help="Timed passes per variant and batch size")] = 5,
     max_examples: Annotated[int | None, typer.Option(help="Time a seeded slice of the dev set")] = None,
     no_compile: Annotated[bool, typer.Option("--no-compile", help="Eager mode only")] = False,
+    devices: Annotated[
+        str | None, typer.Option(help="cpu,cuda or one of them (default: all present)")
+    ] = None,
     data_dir: DataDirOption = None,
 ) -> None:
     """Time the baseline, pruned and final models side by side; write bench.json, bench.md, bench.png."""
@@ -169,7 +172,8 @@ def bench(
         sizes = tuple(int(size) for size in batch_sizes.split(","))
     except ValueError:
         raise UserError(f"--batch-sizes: expected comma-separated integers, got {batch_sizes!r}") from None
-    settings = BenchSettings(sizes, threads, rounds, compile=not no_compile)
+    chosen = tuple(devices.split(",")) if devices else ()
+    settings = BenchSettings(sizes, threads, rounds, compile=not no_compile, devices=chosen)
     folder, name = Path(target), Path(target).resolve().name
     if target.startswith("models:/"):
         from pipelines.registry import pull_model

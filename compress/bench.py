@@ -7,16 +7,18 @@ from examples sorted by length (longest first), in the same order for every vari
     pruned     the pruned float model, tokens really dropped (`compress.fast_path.PackedPruner`)
     final      the pruned + quantised model (int8 linear layers), same fast path
 
-each in eager mode and under torch.compile (dynamic shapes). Per batch size: a warm-up pass per
-runner (compilation included, reported apart as `compile_s`), then `rounds` timed passes with
-the runners in alternating order. A row reports the median sequences/s over the rounds (with the
-slowest and fastest round), the p50/p90 latency of one batch over every timed batch, and GFLOPs
-per example from the real kept-token counts (`compress.flops`).
+each in eager mode and under torch.compile (dynamic shapes), on CPU (fp32; int8 for `final`) and,
+where CUDA is present, on the GPU (fp32 and bf16; int8 for `final`). Per device and batch size: a
+warm-up pass per runner (compilation included, reported apart as `compile_s`), then `rounds`
+timed passes with the runners in alternating order (on the GPU each batch ends with a sync). A
+row reports the median sequences/s over the rounds (with the slowest and fastest round), the
+p50/p90 latency of one batch over every timed batch, and GFLOPs per example from the real
+kept-token counts (`compress.flops`).
 
 Ratios (DESIGN §3): `speedup` and `flops_reduction` are against the baseline of the same device,
-compile setting and batch size, and `efficiency` = speedup / flops_reduction. There is no int8
-baseline: the int8 `final` rows are compared against the fp32 baseline (`baseline_dtype` says
-so), so their speedup includes what int8 brings. `speedup_vs_fp32_eager` compares every row with
+dtype, compile setting and batch size, and `efficiency` = speedup / flops_reduction. There is no
+int8 baseline: the int8 `final` rows are compared against the fp32 baseline (`baseline_dtype`
+says so), so their speedup includes what int8 brings. `speedup_vs_fp32_eager` compares every row with
 the fp32 baseline in eager mode at the same batch size (the issue's target: final, compiled,
 batch 32, >= 5x).
 """
@@ -56,12 +58,18 @@ class BenchSettings:
     threads: int = 2  # torch.set_num_threads for the run (restored afterwards)
     rounds: int = 5  # timed passes over the dev set per runner and batch size
     compile: bool = True  # also time every variant under torch.compile
+    devices: tuple[str, ...] = ()  # default: cpu, and cuda where present
 
     def __post_init__(self) -> None:
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise UserError(f"batch sizes: expected positive integers, got {list(self.batch_sizes)}")
         if self.threads < 1 or self.rounds < 1:
             raise UserError(f"threads and rounds must be positive (got {self.threads}, {self.rounds})")
+        if not self.devices:
+            self.devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+        unknown = set(self.devices) - {"cpu", "cuda"}
+        if unknown or ("cuda" in self.devices and not torch.cuda.is_available()):
+            raise UserError(f"devices: expected cpu and/or cuda (CUDA present), got {list(self.devices)}")
 
 
 @dataclass
@@ -124,6 +132,7 @@ class Runner:
     """One timed variant: batch -> (tokens entering, tokens kept) per example and layer, (B, L) each."""
 
     variant: str
+    device: str
     dtype: str
     compiled: bool
     config: object  # the Hugging Face config, for GFLOPs
@@ -132,7 +141,9 @@ class Runner:
 
 def make_runner(variant: str, model: PrunableModel, compiled: bool) -> Runner:
     """The plain Hugging Face forward for an unpruned model (or the baseline), else the packed fast path."""
-    dtype = f"int{PRECISION[model.quantization].weight_bits}" if model.quantization else "fp32"
+    parameter = model.hf_model.base_model.embeddings.word_embeddings.weight
+    quantized = model.quantization and f"int{PRECISION[model.quantization].weight_bits}"
+    dtype = quantized or _DTYPE_NAMES[parameter.dtype]
     if variant == "baseline" or model.spec is None:
         hf_model = torch.compile(model.hf_model, dynamic=True) if compiled else model.hf_model
 
@@ -149,7 +160,26 @@ def make_runner(variant: str, model: PrunableModel, compiled: bool) -> Runner:
             out = pruner(**batch)
             return out.tokens_in, out.tokens_kept
 
-    return Runner(variant, dtype, compiled, model.config, forward)
+    return Runner(variant, parameter.device.type, dtype, compiled, model.config, forward)
+
+
+_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def _models_on(name: str, device: str, task) -> list[PrunableModel]:
+    """The model on `device`: as saved on CPU; on CUDA also in bf16 unless it is quantised.
+
+    Only the Hugging Face weights change dtype: the thresholds stay fp32, as the scores are.
+    """
+    model = load_model(name, task.num_labels, task.is_regression)
+    if device == "cpu":
+        return [model]
+    models = [model.to(device)]
+    if not model.quantization:
+        half = load_model(name, task.num_labels, task.is_regression).to(device)
+        half.hf_model.to(torch.bfloat16)
+        models.append(half)
+    return models
 
 
 def run_bench(
@@ -165,15 +195,17 @@ def run_bench(
         models = {"baseline": baseline, "pruned": pruned, "final": final}
         runners = []
         for variant, name in models.items():
-            if name is None:
-                continue
-            model = load_model(name, task.num_labels, task.is_regression)
-            for compiled in (False, True) if settings.compile else (False,):
-                runners.append(make_runner(variant, model, compiled))
+            for device in settings.devices if name else ():
+                for model in _models_on(name, device, task):
+                    for compiled in (False, True) if settings.compile else (False,):
+                        runners.append(make_runner(variant, model, compiled))
         rows = []
         for batch_size in settings.batch_sizes:
             loader = data.make_loader(examples, batch_size, task_data.pad_token_id, False, recipe.seed)
-            rows += time_runners(runners, [model_inputs(batch) for batch in loader], settings.rounds)
+            batches = [model_inputs(batch) for batch in loader]
+            for device in settings.devices:
+                on_device = [{key: value.to(device) for key, value in batch.items()} for batch in batches]
+                rows += time_runners([r for r in runners if r.device == device], on_device, settings.rounds)
     finally:
         torch.set_num_threads(threads)
     return {
@@ -182,7 +214,11 @@ def run_bench(
         "split": split,
         "examples": len(examples),
         "models": models,
-        "settings": {**asdict(settings), "batch_sizes": list(settings.batch_sizes)},
+        "settings": {
+            **asdict(settings),
+            "batch_sizes": list(settings.batch_sizes),
+            "devices": list(settings.devices),
+        },
         "results": add_ratios(rows),
     }
 
@@ -212,7 +248,7 @@ def time_runners(runners: list[Runner], batches: list[dict], rounds: int) -> lis
         rows.append(
             {
                 "variant": runner.variant,
-                "device": "cpu",
+                "device": runner.device,
                 "dtype": runner.dtype,
                 "compiled": runner.compiled,
                 "batch_size": len(batches[0]["input_ids"]),
@@ -230,21 +266,26 @@ def time_runners(runners: list[Runner], batches: list[dict], rounds: int) -> lis
 
 
 def _time_pass(runner: Runner, batches: list[dict]) -> list[float]:
+    sync = torch.cuda.synchronize if runner.device == "cuda" else lambda: None
     times = []
+    sync()
     for batch in batches:
         started = time.perf_counter()
         runner.forward(batch)
+        sync()
         times.append(time.perf_counter() - started)
     return times
 
 
 def add_ratios(rows: list[dict]) -> list[dict]:
-    """speedup, flops_reduction, efficiency against the fp32 baseline of the same compile setting and
-    batch size; speedup_vs_fp32_eager against the eager baseline of the same batch size."""
-    baselines = {(r["device"], r["compiled"], r["batch_size"]): r for r in rows if r["variant"] == "baseline"}
+    """speedup, flops_reduction, efficiency against the baseline of the same device, dtype (fp32 for int8),
+    compile setting and batch size; speedup_vs_fp32_eager against the fp32 eager baseline."""
+    key = ("device", "dtype", "compiled", "batch_size")
+    baselines = {tuple(r[k] for k in key): r for r in rows if r["variant"] == "baseline"}
     for row in rows:
-        base = baselines[(row["device"], row["compiled"], row["batch_size"])]
-        eager = baselines[(row["device"], False, row["batch_size"])]
+        dtype = row["dtype"] if row["dtype"] in _DTYPE_NAMES.values() else "fp32"
+        base = baselines[(row["device"], dtype, row["compiled"], row["batch_size"])]
+        eager = baselines[(row["device"], "fp32", False, row["batch_size"])]
         speedup = row["seq_per_s"] / base["seq_per_s"]
         reduction = base["gflops"] / row["gflops"]
         row.update(
@@ -260,8 +301,8 @@ def add_ratios(rows: list[dict]) -> list[dict]:
 def _describe(row: dict) -> str:
     mode = "compiled" if row["compiled"] else "eager"
     return (
-        f"{row['variant']} {row['dtype']} {mode} batch {row['batch_size']}: {row['seq_per_s']:.1f} seq/s, "
-        f"p50 {row['p50_ms']:.2f} ms, {row['gflops']:.3f} GFLOPs"
+        f"{row['variant']} {row['device']} {row['dtype']} {mode} batch {row['batch_size']}: "
+        f"{row['seq_per_s']:.1f} seq/s, p50 {row['p50_ms']:.2f} ms, {row['gflops']:.3f} GFLOPs"
     )
 
 

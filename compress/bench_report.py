@@ -8,6 +8,7 @@ from compress.artifacts import write_json
 
 COLUMNS = (
     ("variant", "variant", "{}"),
+    ("device", "device", "{}"),
     ("dtype", "dtype", "{}"),
     ("compiled", "compiled", "{}"),
     ("batch_size", "batch", "{}"),
@@ -27,7 +28,7 @@ def markdown_table(result: dict) -> str:
     machine = result["machine"]
     lines = [
         f"{result['task']} {result['split']}, {result['examples']} examples; {machine['cpu']}, "
-        f"{machine['threads']} threads",
+        f"{machine['threads']} threads" + (f"; {machine['gpu']}" if machine.get("gpu") else ""),
         "",
         "| " + " | ".join(title for _, title, _ in COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
@@ -38,35 +39,40 @@ def markdown_table(result: dict) -> str:
 
 
 def plot_throughput(result: dict, path: Path) -> None:
-    """Sequences/s against batch size, one line per variant and compile setting."""
+    """Sequences/s against batch size: a panel per device, a line per variant, dtype and compile setting."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    lines: dict[tuple, list[dict]] = {}
-    for row in result["results"]:
-        lines.setdefault((row["variant"], row["dtype"], row["compiled"]), []).append(row)
+    devices = sorted({row["device"] for row in result["results"]})
+    fig, axes = plt.subplots(1, len(devices), figsize=(7 * len(devices), 4.5), squeeze=False)
     colors = {variant: f"C{index}" for index, variant in enumerate(("baseline", "pruned", "final"))}
-    for (variant, dtype, compiled), rows in lines.items():
-        rows = sorted(rows, key=lambda r: r["batch_size"])
-        ax.plot(
-            [r["batch_size"] for r in rows],
-            [r["seq_per_s"] for r in rows],
-            marker="o",
-            color=colors[variant],
-            linestyle="-" if compiled else "--",
-            label=f"{variant} {dtype} {'compiled' if compiled else 'eager'}",
-        )
     sizes = sorted({row["batch_size"] for row in result["results"]})
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(sizes, [str(size) for size in sizes])
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("sequences / s")
-    ax.set_title(f"{result['task']} {result['split']}, CPU threads: {result['machine']['threads']}")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    for ax, device in zip(axes[0], devices, strict=True):
+        lines: dict[tuple, list[dict]] = {}
+        for row in result["results"]:
+            if row["device"] == device:
+                lines.setdefault((row["variant"], row["dtype"], row["compiled"]), []).append(row)
+        for (variant, dtype, compiled), rows in lines.items():
+            rows = sorted(rows, key=lambda r: r["batch_size"])
+            ax.plot(
+                [r["batch_size"] for r in rows],
+                [r["seq_per_s"] for r in rows],
+                marker="s" if dtype == "bf16" else "o",
+                color=colors[variant],
+                linestyle="-" if compiled else "--",
+                label=f"{variant} {dtype} {'compiled' if compiled else 'eager'}",
+            )
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(size) for size in sizes])
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("sequences / s")
+        machine = result["machine"]
+        where = f"CPU threads: {machine['threads']}" if device == "cpu" else machine["gpu"]
+        ax.set_title(f"{result['task']} {result['split']}, {where}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

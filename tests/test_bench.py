@@ -11,7 +11,7 @@ from compress.artifacts import save_model
 from compress.bench import BenchSettings, resolve_target, run_bench
 from compress.bench_report import write_report
 from compress.errors import UserError
-from compress.fast_path import PackedPruner
+from compress.fast_path import PackedPruner, fuse_qkv
 from compress.ltp import PrunableModel, PruningSpec
 from compress.models import load_model, load_tokenizer
 from compress.quantize import quantize_encoder
@@ -49,6 +49,28 @@ def test_packed_path_gives_the_drop_path_logits(kind, spec):
     assert torch.equal(packed.tokens_in, dropped.tokens_in)
     assert torch.equal(packed.tokens_kept, dropped.tokens_kept)
     assert len(set(packed.tokens_kept[:, -1].tolist())) > 1, "kept counts should differ between examples"
+
+
+@pytest.mark.parametrize("scheme", [None, "int8_dynamic"])
+def test_fused_qkv_projection_computes_the_three_projections(scheme):
+    hf = tiny_model("bert")
+    if scheme:
+        quantize_encoder(hf, scheme)
+    attn = hf.bert.encoder.layer[0].attention.self
+    fused = fuse_qkv(attn)
+    assert fused is not None and type(fused.weight.data) is type(attn.query.weight.data)
+    x = torch.randn(7, hf.config.hidden_size)
+    with torch.inference_mode():
+        expected = torch.cat([attn.query(x) * attn.scaling, attn.key(x), attn.value(x)], dim=-1)
+        torch.testing.assert_close(fused(x), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("devices", [("tpu",), ("cpu", "cuda")])
+def test_bench_refuses_devices_it_cannot_time(devices):
+    if "cuda" in devices and torch.cuda.is_available():
+        pytest.skip("CUDA is present: cuda is a valid device here")
+    with pytest.raises(UserError, match="devices"):
+        BenchSettings(devices=devices)
 
 
 def test_compiled_packed_path_gives_the_drop_path_logits():
