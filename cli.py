@@ -152,7 +152,9 @@ def _pull_dir(model_uri: str) -> Path:
 
 @app.command()
 def bench(
-    target: Annotated[str, typer.Argument(help="Recipe output folder, stage artifact or models:/NAME@ALIAS")],
+    target: Annotated[
+        str, typer.Argument(help="Recipe output folder, stage artifact, models:/NAME@ALIAS or random:ARCH")
+    ],
     out: Annotated[Path | None, typer.Option(help="Output folder (default artifacts/bench/NAME)")] = None,
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes")] = "1,8,32,128",
     threads: Annotated[int, typer.Option(help="CPU threads (torch.set_num_threads)")] = 2,
@@ -174,13 +176,20 @@ def bench(
         raise UserError(f"--batch-sizes: expected comma-separated integers, got {batch_sizes!r}") from None
     chosen = tuple(devices.split(",")) if devices else ()
     settings = BenchSettings(sizes, threads, rounds, compile=not no_compile, devices=chosen)
-    folder, name = Path(target), Path(target).resolve().name
-    if target.startswith("models:/"):
-        from pipelines.registry import pull_model
-
-        folder, name = pull_model(target, _pull_dir(target)), _pull_dir(target).name
     slice_ = [] if max_examples is None else [f"data.max_eval_samples={max_examples}"]
-    resolved = resolve_target(folder, _overrides(slice_, data_dir))
+    if target.startswith("random:"):
+        from compress.random_target import random_target
+
+        name = target.replace(":", "-")
+        out = out or Path("artifacts") / "bench" / name
+        resolved = random_target(target, out / "models", _overrides(slice_, data_dir))
+    else:
+        folder, name = Path(target), Path(target).resolve().name
+        if target.startswith("models:/"):
+            from pipelines.registry import pull_model
+
+            folder, name = pull_model(target, _pull_dir(target)), _pull_dir(target).name
+        resolved = resolve_target(folder, _overrides(slice_, data_dir))
     result = run_bench(resolved.baseline, resolved.pruned, resolved.final, resolved.recipe, settings)
     paths = write_report(result, out or Path("artifacts") / "bench" / name)
     typer.echo(markdown_table(result))

@@ -15,6 +15,7 @@ from compress.fast_path import PackedPruner, fuse_qkv
 from compress.ltp import PrunableModel, PruningSpec
 from compress.models import load_model, load_tokenizer
 from compress.quantize import quantize_encoder
+from compress.random_target import random_target
 from compress.recipe import parse_recipe
 from tests.test_ltp import PRUNING, batch_with_mixed_lengths, tiny_model
 
@@ -194,3 +195,26 @@ def test_bench_command_refuses_a_bad_target(tmp_path, capsys):
     assert cli.main(["bench", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: bench target") and err.count("\n") == 1
+
+
+def test_bench_command_refuses_an_unknown_random_architecture(tmp_path, capsys):
+    assert cli.main(["bench", "random:gpt-9", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown architecture" in err and err.count("\n") == 1
+    assert not (tmp_path / "b").exists(), "nothing should be written for a bad target"
+
+
+@pytest.mark.slow
+def test_random_target_pairs_an_unpruned_model_with_its_topk_twin(tmp_path, real_glue_dir):
+    target = random_target(
+        "random:minilm", tmp_path, [f"data.dir={real_glue_dir}", "data.max_eval_samples=8"]
+    )
+    baseline = load_model(target.baseline, 2, False)
+    pruned = load_model(target.pruned, 2, False)
+    assert baseline.spec is None and pruned.spec.method == "topk" and target.final is None
+    assert (baseline.config.hidden_size, baseline.num_layers) == (384, 6)
+    assert torch.equal(baseline.hf_model.classifier.weight, pruned.hf_model.classifier.weight)
+    settings = BenchSettings(batch_sizes=(4,), threads=1, rounds=1, compile=False)
+    result = run_bench(target.baseline, target.pruned, None, target.recipe, settings)
+    assert result["examples"] == 8
+    assert result["results"][1]["flops_reduction"] > 1.5  # top-k: ~1.7x on 6 layers
