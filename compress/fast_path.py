@@ -30,7 +30,7 @@ from torch import nn
 
 from compress import varlen_attention
 from compress.int8_attention import attention_context, attention_scores
-from compress.ltp import PrunableModel, PrunedOutput, _finish_layer, _key_bias, token_importance
+from compress.ltp import PrunableModel, PrunedOutput, _finish_layer, token_importance
 
 
 def fuse_qkv(attn: nn.Module) -> nn.Linear | None:
@@ -98,10 +98,10 @@ def _attend(
         projected = projected.new_zeros(batch * longest, projected.shape[1]).index_copy_(0, rows, projected)
     q, k, v = projected.view(batch, longest, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, K, dh)
     scores = attention_scores(q, k, int8)
-    live = valid.to(h.dtype)  # (B, K)
     if rows.shape[0] != batch * longest:
-        scores = scores + _key_bias(live)[:, None, None, :].to(q.dtype)
+        scores = scores.masked_fill_(~valid[:, None, None, :], float("-inf"))  # padded keys
     probs = scores.softmax(dim=-1)  # (B, H, K, K)
+    live = valid.to(h.dtype)  # (B, K)
     context = attention_context(probs, v, int8).transpose(1, 2)  # (B, K, H, dh), a view
     return context, token_importance(probs, live, max_length)
 

@@ -86,8 +86,8 @@ def token_importance(probs: torch.Tensor, query_weight: torch.Tensor, max_length
     fp32 because the last thresholds are ~0.01 and bf16 rounding would flip decisions.
     """
     num_heads = probs.shape[1]
-    weighted = probs.float() * query_weight.float()[:, None, :, None]  # (B, H, n, n)
-    return weighted.sum(dim=(1, 2)) / (num_heads * max_length)
+    over_heads = probs.float().sum(dim=1)  # (B, n, n): heads first, so the weighting touches H x less
+    return (over_heads * query_weight.float()[:, :, None]).sum(dim=1) / (num_heads * max_length)
 
 
 def _self_attention(
