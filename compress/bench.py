@@ -15,6 +15,9 @@ row reports the median sequences/s over the rounds (with the slowest and fastest
 p50/p90 latency of one batch over every timed batch, and GFLOPs per example from the real
 kept-token counts (`compress.flops`).
 
+GPU rows of the pruned and final models also give `attention_kernel_share`: the share of their GPU
+kernel time spent in the fused attention + importance kernel (one profiled pass).
+
 Ratios (DESIGN §3): `speedup` and `flops_reduction` are against the baseline of the same device,
 dtype, compile setting and batch size, and `efficiency` = speedup / flops_reduction. There is no
 int8 baseline: the int8 `final` rows are compared against the fp32 baseline (`baseline_dtype`
@@ -261,8 +264,25 @@ def time_runners(runners: list[Runner], batches: list[dict], rounds: int) -> lis
                 "compile_s": round(max(warm - median, 0.0), 2) if runner.compiled else None,
             }
         )
+        if runner.device == "cuda" and runner.variant != "baseline":
+            rows[-1]["attention_kernel_share"] = attention_kernel_share(runner, batches)
         log.info("%s", _describe(rows[-1]))
     return rows
+
+
+def attention_kernel_share(runner: Runner, batches: list[dict]) -> float | None:
+    """Share of a pass's GPU kernel time spent in the fused attention + importance kernel
+    (`compress.varlen_attention`), from the CUDA profiler; None when the runner does not use it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as profiler:
+        for batch in batches:
+            runner.forward(batch)
+        torch.cuda.synchronize()
+    kernels = [e for e in profiler.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    fused = sum(e.self_device_time_total for e in kernels if "_attention_importance" in e.key)
+    total = sum(e.self_device_time_total for e in kernels)
+    return round(fused / total, 4) if fused else None
 
 
 def _time_pass(runner: Runner, batches: list[dict]) -> list[float]:

@@ -88,3 +88,26 @@ def test_cuda_fast_path_is_varlen_and_matches_the_drop_path(dtype):
     torch.testing.assert_close(packed.logits.float(), dropped.logits.float(), atol=tolerance, rtol=0)
     if dtype == torch.float32:
         assert torch.equal(packed.tokens_kept, dropped.tokens_kept)
+
+
+@CUDA
+@pytest.mark.gpu
+def test_bench_reports_the_attention_kernel_share_on_cuda(tiny_model_dir, real_glue_dir, tmp_path):
+    from compress.artifacts import save_model
+    from compress.bench import BenchSettings, run_bench
+    from compress.models import load_model, load_tokenizer
+    from tests.test_bench import tiny_recipe
+
+    model = load_model(str(tiny_model_dir), 2, False)
+    model.spec = PruningSpec(final_threshold=0.016, max_length=128)
+    save_model(model, load_tokenizer(str(tiny_model_dir)), tmp_path / "pruned")
+    settings = BenchSettings(batch_sizes=(4,), threads=1, rounds=1, compile=False, devices=("cuda",))
+    result = run_bench(
+        str(tiny_model_dir),
+        str(tmp_path / "pruned"),
+        None,
+        tiny_recipe(tiny_model_dir, real_glue_dir),
+        settings,
+    )
+    shares = [row["attention_kernel_share"] for row in result["results"] if row["variant"] == "pruned"]
+    assert shares and all(0 < share < 1 for share in shares)
