@@ -9,14 +9,15 @@ kernel gives, per token, the attention output and the importance score of `compr
 without writing the probability matrix A out. A program owns BLOCK_M queries of one sequence
 and head. Pass 1 walks the sequence's keys in BLOCK_N blocks for the softmax max and normaliser
 (online, as FlashAttention); pass 2 walks them again, forms the normalised probabilities in
-registers, accumulates A @ V, and adds each block's column sums (fp32) into s with atomic adds:
-QK^T runs twice, the score costs no extra memory traffic beyond T floats.
+registers, accumulates A @ V, and adds each block's column sums (fp32) into s with atomic adds.
+QK^T runs twice; the score costs no memory traffic beyond T floats. BLOCK_N is the longest
+sequence rounded up to a power of two, at most 128: up to 128 tokens each pass is one key tile.
 
 No host sync: the grid is sized from an upper bound of the longest sequence (the caller's padded
 length); programs past their sequence's end return at once. Triton compiles the kernel once per
-dtype and head size, whatever the lengths. On a machine without CUDA the kernel runs on CPU
-tensors under Triton's interpreter if TRITON_INTERPRET=1 is set before Triton is imported: that
-is how the tests check it (tests/conftest.py).
+dtype, head size and BLOCK_N bucket (16, 32, 64, 128), whatever the lengths. On a machine
+without CUDA the kernel runs on CPU tensors under Triton's interpreter if TRITON_INTERPRET=1 is
+set before Triton is imported: that is how the tests check it (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ except ImportError:  # the CPU path does not need it; `available()` says whether
     triton = None
 
 BLOCK_M = 16
-BLOCK_N = 32
+MAX_BLOCK_N = 128
 
 
 def available() -> bool:
@@ -111,11 +112,13 @@ def attention_with_importance(
     out = torch.empty_like(q)
     importance = torch.zeros(tokens, dtype=torch.float32, device=q.device)
     grid = (triton.cdiv(max_seqlen, BLOCK_M), cu_seqlens.numel() - 1, heads)
+    key_block = min(MAX_BLOCK_N, max(16, triton.next_power_of_2(max_seqlen)))
+    precision = "ieee" if q.dtype == torch.float32 else "tf32"  # fp32 stays fp32 (thresholds ~0.01)
     _attention_importance[grid](
         q, k, v, out, importance, cu_seqlens,
         *q.stride()[:2], *k.stride()[:2], *v.stride()[:2], *out.stride()[:2],
         1.0 / (heads * max_length),
         HEAD_DIM=head_dim, HEAD_DIM_PADDED=max(16, triton.next_power_of_2(head_dim)),
-        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        BLOCK_M=BLOCK_M, BLOCK_N=key_block, PRECISION=precision,
     )  # fmt: skip
     return out, importance

