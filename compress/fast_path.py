@@ -18,9 +18,11 @@ own). The data-dependent steps (which rows are kept, how long the longest row is
 mode between them: two host syncs per layer, which cost nothing on CPU. int8 linear layers from
 torchao are fast only compiled (DESIGN §4.3).
 
-At batch 1 the speed-up stays well below the FLOPs reduction on CPU: with ~25 tokens a linear
-layer's time is set by streaming its weights, not by the token count (MiniLM, 384 x 1536 fp32:
-8 tokens take about two thirds of the time of 25).
+At batch 1 the speed-up stays well below the FLOPs reduction on CPU. MiniLM (SST-2, 2 threads,
+profiled): its linear layers take 1.5x less time pruned (a GEMM of 4-12 rows is less efficient
+than one of 25), and the ~30 small ops per layer around them (attention, importance, keep
+decisions, gathers: 5-10 us each) cost the same at any token count. RoBERTa-base: its 500 MB
+of fp32 weights do not fit this CPU's cache, and a GEMM of a few rows is bound by reading them.
 """
 
 from __future__ import annotations
