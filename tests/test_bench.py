@@ -7,6 +7,7 @@ import torch
 import yaml
 
 import cli
+from compress import varlen_attention
 from compress.artifacts import save_model
 from compress.bench import BenchSettings, resolve_target, run_bench
 from compress.bench_report import write_report
@@ -38,13 +39,17 @@ TOPK = PruningSpec(method="topk", max_length=16, keep_ratios=[1.0, 0.6, 0.3])
 
 @pytest.mark.parametrize("kind", ["bert", "roberta"])
 @pytest.mark.parametrize("spec", [PruningSpec(**PRUNING), TOPK], ids=["ltp", "topk"])
-def test_packed_path_gives_the_drop_path_logits(kind, spec):
+@pytest.mark.parametrize("varlen", [False, True], ids=["padded", "varlen"])
+def test_packed_path_gives_the_drop_path_logits(kind, spec, varlen):
+    """varlen: attention packed, through the Triton kernel (on CPU under Triton's interpreter)."""
+    if varlen and not varlen_attention.available():
+        pytest.skip("Triton is not installed")
     hf = tiny_model(kind)
     ids, mask = batch_with_mixed_lengths(pad_id=hf.config.pad_token_id)
     model = PrunableModel(hf, spec).eval()
     with torch.no_grad():
         dropped = model(ids, mask, mode="drop")
-    packed = PackedPruner(model)(ids, mask)
+    packed = PackedPruner(model, varlen=varlen)(ids, mask)
     torch.testing.assert_close(packed.logits, dropped.logits, atol=1e-4, rtol=0)
     torch.testing.assert_close(packed.cls_hidden, dropped.cls_hidden, atol=1e-4, rtol=0)
     assert torch.equal(packed.tokens_in, dropped.tokens_in)

@@ -199,7 +199,7 @@ def test_pull_benchmarks_the_champion(tracked, capsys):
     bench = json.loads((out / "bench" / "bench.json").read_text())
     assert {row["variant"] for row in bench["results"]} == {"baseline", "final"}  # int8 model, float base
     assert {row["dtype"] for row in bench["results"] if row["variant"] == "final"} == {"int8"}
-    assert "| final | int8 |" in capsys.readouterr().out
+    assert "| final | cpu | int8 |" in capsys.readouterr().out
 
 
 def test_rerun_reuses_every_stage_and_the_registered_version(tracked):

@@ -7,7 +7,6 @@ import torch
 from compress import varlen_attention
 from compress.fast_path import PackedPruner
 from compress.ltp import PrunableModel, PruningSpec
-from tests.test_bench import TOPK
 from tests.test_ltp import PRUNING, batch_with_mixed_lengths, tiny_model
 
 pytestmark = pytest.mark.skipif(not varlen_attention.available(), reason="Triton is not installed")
@@ -50,20 +49,6 @@ def test_grid_from_an_upper_bound_of_the_length_gives_the_same_result():
     bound = varlen_attention.attention_with_importance(q, k, v, offsets, 64, 64)
     for a, b in zip(exact, bound, strict=True):  # other key block sizes: equal up to rounding
         torch.testing.assert_close(a, b)
-
-
-@pytest.mark.parametrize("kind", ["bert", "roberta"])
-@pytest.mark.parametrize("spec", [PruningSpec(**PRUNING), TOPK], ids=["ltp", "topk"])
-def test_varlen_fast_path_gives_the_drop_path_logits(kind, spec):
-    hf = tiny_model(kind)
-    ids, mask = batch_with_mixed_lengths(pad_id=hf.config.pad_token_id)
-    model = PrunableModel(hf, spec).eval()
-    with torch.no_grad():
-        dropped = model(ids, mask, mode="drop")
-    packed = PackedPruner(model, varlen=True)(ids, mask)
-    torch.testing.assert_close(packed.logits, dropped.logits, atol=1e-4, rtol=0)
-    assert torch.equal(packed.tokens_kept, dropped.tokens_kept)
-    assert (packed.tokens_kept[:, -1] < packed.tokens_in[:, 0]).all(), "every example should lose tokens"
 
 
 def test_varlen_refuses_int8_attention():
