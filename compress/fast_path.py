@@ -15,7 +15,8 @@ the token counts are those of mode="drop" (up to float rounding).
 attention + importance; output projection + FFN) with `torch.compile(dynamic=True)`: one graph
 per step serves every layer and length (batch 1 and a single kept token get graphs of their
 own). The data-dependent steps (which rows are kept, how long the longest row is) run in eager
-mode between them: two host syncs per layer, which cost nothing on CPU. int8 linear layers from
+mode between them: a few host syncs per layer, which cost nothing on CPU; with varlen attention
+one (how many tokens stay), as nothing else there needs the longest row. int8 linear layers from
 torchao are fast only compiled (DESIGN §4.3).
 
 At batch 1 the speed-up stays well below the FLOPs reduction on CPU. MiniLM (SST-2, 2 threads,
@@ -164,6 +165,23 @@ class PackedPruner:
         self._attend = _compile(attend) if compiled else attend
         self._finish = _compile(_finish_layer) if compiled else _finish_layer
 
+    def _layout(self, counts: torch.Tensor, longest: int, total: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (B, K) validity mask of the packed tokens and their flat positions in it (T,).
+
+        On CPU K shrinks to the longest row (one more host sync: free there), so attention pads
+        less. With varlen attention K only sizes the importance scores' layout: it stays the
+        batch's first length, and the positions come from the counts without a sync.
+        """
+        if not self.varlen:
+            valid = torch.arange(int(counts.max()), device=counts.device)[None, :] < counts[:, None]
+            return valid, valid.view(-1).nonzero().squeeze(1)
+        valid = torch.arange(longest, device=counts.device)[None, :] < counts[:, None]
+        batch = torch.arange(counts.shape[0], device=counts.device)
+        sequence = torch.repeat_interleave(batch, counts, output_size=total)  # (T,) sequence of each token
+        starts = torch.cumsum(counts, dim=0) - counts  # (B,) packed row of each sequence's first token
+        offset = torch.arange(total, device=counts.device) - starts[sequence]  # (T,) position in its sequence
+        return valid, sequence * longest + offset
+
     @torch.inference_mode()
     def __call__(self, input_ids, attention_mask, token_type_ids=None) -> PrunedOutput:
         model = self.model
@@ -181,12 +199,11 @@ class PackedPruner:
                 self._qkv[index], self._heads, h, rows, valid, model.spec.max_length, model.int8_attention
             )
             keep = model._hard_keep(score, valid, index, theta[index], lengths)  # (B, K) bool
-            kept = keep.view(-1)[rows]  # (T,) which packed tokens stay
-            context = (context[kept] if self.varlen else context[keep]).flatten(1)  # (T', d): one copy
-            h = self._finish(layer, context, h[kept])  # (T', d)
+            survivors = keep.view(-1)[rows].nonzero().squeeze(1)  # (T',) packed rows that stay: the sync
+            context = context.index_select(0, survivors) if self.varlen else context[keep]  # (T', H, dh)
+            h = self._finish(layer, context.flatten(1), h.index_select(0, survivors))  # (T', d)
             counts = keep.sum(dim=1)  # (B,)
-            valid = torch.arange(int(counts.max()), device=h.device)[None, :] < counts[:, None]
-            rows = valid.view(-1).nonzero().squeeze(1)
+            valid, rows = self._layout(counts, valid.shape[1], h.shape[0])
             tokens_kept.append(counts)
         first = torch.cumsum(counts, dim=0) - counts  # (B,) packed row of each [CLS]
         cls_hidden = h.index_select(0, first)  # (B, d)
