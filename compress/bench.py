@@ -28,6 +28,7 @@ batch 32, >= 5x).
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import platform
@@ -182,7 +183,7 @@ def _models_on(name: str, device: str, task) -> list[PrunableModel]:
         return []
     models = [model.to(device)]
     if not model.quantization:
-        half = load_model(name, task.num_labels, task.is_regression).to(device)
+        half = copy.deepcopy(model)
         half.hf_model.to(torch.bfloat16)
         models.append(half)
     return models

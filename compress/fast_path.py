@@ -97,11 +97,12 @@ def _attend(
     """
     batch, longest = valid.shape
     projected = qkv(h)  # (T, 3d)
-    if rows.shape[0] != batch * longest:  # padding: one scatter into the (B*K) layout
+    padded = rows.shape[0] != batch * longest
+    if padded:  # one scatter into the (B*K) layout
         projected = projected.new_zeros(batch * longest, projected.shape[1]).index_copy_(0, rows, projected)
     q, k, v = projected.view(batch, longest, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, K, dh)
     scores = attention_scores(q, k, int8)
-    if rows.shape[0] != batch * longest:
+    if padded:
         scores = scores.masked_fill_(~valid[:, None, None, :], float("-inf"))  # padded keys
     probs = scores.softmax(dim=-1)  # (B, H, K, K)
     live = valid.to(h.dtype)  # (B, K)
