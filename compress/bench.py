@@ -15,8 +15,14 @@ row reports the median sequences/s over the rounds (with the slowest and fastest
 p50/p90 latency of one batch over every timed batch, and GFLOPs per example from the real
 kept-token counts (`compress.flops`).
 
-GPU rows of the pruned and final models also give `attention_kernel_share`: the share of their GPU
-kernel time spent in the fused attention + importance kernel (one profiled pass).
+CPU rows also give `matmul_ms`: milliseconds per batch inside matrix multiplications (linear
+layers, attention matmuls; the baseline's fused SDPA kernel counts whole), from one pass under the
+profiler. `matmul_speedup` compares it with the baseline's. The whole model's speed-up lies between
+`matmul_speedup` and the speed-up of everything else, so where the matmuls take most of the time
+and speed up less than the FLOPs shrink (a GEMM of a few rows runs at a lower rate than one of
+many), that is where the efficiency is lost. GPU rows of the pruned and final models give
+`attention_kernel_share`: the share of their GPU kernel time spent in the fused attention +
+importance kernel (one profiled pass).
 
 Ratios (DESIGN §3): `speedup` and `flops_reduction` are against the baseline of the same device,
 dtype, compile setting and batch size, and `efficiency` = speedup / flops_reduction. There is no
@@ -268,10 +274,39 @@ def time_runners(runners: list[Runner], batches: list[dict], rounds: int) -> lis
                 "compile_s": round(max(warm - median, 0.0), 2) if runner.compiled else None,
             }
         )
-        if runner.device == "cuda" and runner.variant != "baseline":
+        if runner.device == "cpu":
+            rows[-1]["matmul_ms"] = matmul_ms(runner, batches)
+        elif runner.variant != "baseline":
             rows[-1]["attention_kernel_share"] = attention_kernel_share(runner, batches)
         log.info("%s", _describe(rows[-1]))
     return rows
+
+
+# Matrix multiplications as the CPU profiler names them: eager and inductor's extern kernels, torchao
+# int8 (`_int_mm`), oneDNN linear layers, and PyTorch's fused attention (its softmax included).
+_CPU_MATMUL_OPS = frozenset(
+    {
+        "aten::addmm",
+        "aten::mm",
+        "aten::bmm",
+        "aten::baddbmm",
+        "aten::_int_mm",
+        "onednn::qlinear_pointwise",
+        "mkldnn::_linear_pointwise",
+        "aten::_scaled_dot_product_flash_attention_for_cpu",
+    }
+)
+
+
+def matmul_ms(runner: Runner, batches: list[dict]) -> float:
+    """Milliseconds per batch spent in matrix multiplications (self CPU time), from one profiled pass."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        for batch in batches:
+            runner.forward(batch)
+    spent = sum(e.self_cpu_time_total for e in profiler.key_averages() if e.key in _CPU_MATMUL_OPS)
+    return round(spent / 1e3 / len(batches), 4)
 
 
 def attention_kernel_share(runner: Runner, batches: list[dict]) -> float | None:
@@ -302,8 +337,9 @@ def _time_pass(runner: Runner, batches: list[dict]) -> list[float]:
 
 
 def add_ratios(rows: list[dict]) -> list[dict]:
-    """speedup, flops_reduction, efficiency against the baseline of the same device, dtype (fp32 for int8),
-    compile setting and batch size; speedup_vs_fp32_eager against the fp32 eager baseline."""
+    """speedup, flops_reduction, efficiency (and on CPU matmul_speedup) against the baseline of the same
+    device, dtype (fp32 for int8), compile setting and batch size; speedup_vs_fp32_eager against the
+    fp32 eager baseline."""
     key = ("device", "dtype", "compiled", "batch_size")
     baselines = {tuple(r[k] for k in key): r for r in rows if r["variant"] == "baseline"}
     for row in rows:
@@ -319,6 +355,8 @@ def add_ratios(rows: list[dict]) -> list[dict]:
             efficiency=round(speedup / reduction, 4),
             speedup_vs_fp32_eager=round(row["seq_per_s"] / eager["seq_per_s"], 4),
         )
+        if row.get("matmul_ms") and base.get("matmul_ms"):
+            row["matmul_speedup"] = round(base["matmul_ms"] / row["matmul_ms"], 4)
     return rows
 
 

@@ -20,6 +20,7 @@ COLUMNS = (
     ("flops_reduction", "FLOPs red.", "{:.2f}x"),
     ("efficiency", "efficiency", "{:.2f}"),
     ("speedup_vs_fp32_eager", "vs fp32 eager", "{:.2f}x"),
+    ("matmul_speedup", "matmul speedup", "{:.2f}x"),  # CPU rows only
 )
 
 
@@ -34,7 +35,8 @@ def markdown_table(result: dict) -> str:
         "|" + "---|" * len(COLUMNS),
     ]
     for row in result["results"]:
-        lines.append("| " + " | ".join(fmt.format(row[key]) for key, _, fmt in COLUMNS) + " |")
+        cells = (fmt.format(row[key]) if row.get(key) is not None else "-" for key, _, fmt in COLUMNS)
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -10,7 +10,7 @@ import cli
 from compress import varlen_attention
 from compress.artifacts import save_model
 from compress.bench import BenchSettings, resolve_target, run_bench
-from compress.bench_report import write_report
+from compress.bench_report import markdown_table, write_report
 from compress.errors import UserError
 from compress.fast_path import PackedPruner, fuse_qkv
 from compress.ltp import PrunableModel, PruningSpec
@@ -141,13 +141,27 @@ def test_bench_json_keeps_the_contract(bench_models, tiny_model_dir, real_glue_d
         assert row["efficiency"] == pytest.approx(row["speedup"] / row["flops_reduction"], rel=1e-3)
         assert row["speedup_vs_fp32_eager"] == row["speedup"]  # eager rows: the same baseline
         if row["variant"] == "baseline":
-            assert row["speedup"] == row["flops_reduction"] == 1.0
+            assert row["speedup"] == row["flops_reduction"] == row["matmul_speedup"] == 1.0
         else:
             assert row["flops_reduction"] > 1.1, "the pruned models should drop tokens"
+        base = next(r for r in rows if r["variant"] == "baseline" and r["batch_size"] == row["batch_size"])
+        assert row["matmul_ms"] > 0, "the profiled pass should see the linear layers"
+        assert row["matmul_speedup"] == pytest.approx(base["matmul_ms"] / row["matmul_ms"], rel=1e-3)
     paths = write_report(result, tmp_path / "out")
     assert json.loads(paths["json"].read_text()) == result
     assert paths["md"].read_text().count("\n| ") == len(rows) + 1  # header + one line per row
     assert paths["png"].stat().st_size > 0
+
+
+def test_markdown_table_marks_what_a_row_does_not_measure():
+    row = {"variant": "pruned", "device": "cuda", "dtype": "bf16", "compiled": True, "batch_size": 8}
+    row |= {"seq_per_s": 100.0, "p50_ms": 1.0, "p90_ms": 2.0, "gflops": 0.5, "speedup": 1.8}
+    row |= {"flops_reduction": 2.0, "efficiency": 0.9, "speedup_vs_fp32_eager": 3.0}  # no matmul_ms on GPU
+    machine = {"cpu": "x", "threads": 2, "gpu": "H100"}
+    table = markdown_table(
+        {"task": "sst2", "split": "validation", "examples": 8, "machine": machine, "results": [row]}
+    )
+    assert table.splitlines()[-1].endswith("| 1.80x | 2.00x | 0.90 | 3.00x | - |")
 
 
 def stage_dir(folder, pruned=False, quantized=False):
