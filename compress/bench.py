@@ -34,12 +34,15 @@ batch 32, >= 5x).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
+import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -300,28 +303,44 @@ _CPU_MATMUL_OPS = frozenset(
 
 def matmul_ms(runner: Runner, batches: list[dict]) -> float:
     """Milliseconds per batch spent in matrix multiplications (self CPU time), from one profiled pass."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU]) as profiler:
-        for batch in batches:
-            runner.forward(batch)
-    spent = sum(e.self_cpu_time_total for e in profiler.key_averages() if e.key in _CPU_MATMUL_OPS)
+    events = _profiled_pass(runner, batches, torch.profiler.ProfilerActivity.CPU)
+    spent = sum(e.self_cpu_time_total for e in events if e.key in _CPU_MATMUL_OPS)
     return round(spent / 1e3 / len(batches), 4)
 
 
 def attention_kernel_share(runner: Runner, batches: list[dict]) -> float | None:
     """Share of a pass's GPU kernel time spent in the fused attention + importance kernel
     (`compress.varlen_attention`), from the CUDA profiler; None when the runner does not use it."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CUDA]) as profiler:
-        for batch in batches:
-            runner.forward(batch)
-        torch.cuda.synchronize()
-    kernels = [e for e in profiler.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    events = _profiled_pass(runner, batches, torch.profiler.ProfilerActivity.CUDA)
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
     fused = sum(e.self_device_time_total for e in kernels if "_attention_importance" in e.key)
     total = sum(e.self_device_time_total for e in kernels)
     return round(fused / total, 4) if fused else None
+
+
+def _profiled_pass(runner: Runner, batches: list[dict], activity) -> list:
+    """One pass over the batches under torch.profiler; its events averaged per op (or kernel) name."""
+    with _native_stderr_silenced(), torch.profiler.profile(activities=[activity]) as profiler:
+        for batch in batches:
+            runner.forward(batch)
+        if runner.device == "cuda":
+            torch.cuda.synchronize()
+    return profiler.key_averages()
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """File descriptor 2 to /dev/null meanwhile: torch 2.13's profiler (kineto) prints two lines to
+    it from C++ at every start and stop, which no setting turns off."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _time_pass(runner: Runner, batches: list[dict]) -> list[float]:
