@@ -199,10 +199,26 @@ def run_pipeline(
             time.perf_counter() - started,
             ", cached" if result.cached else "",
         )
+        if warning := collapse_warning(result):
+            log.warning("%s", warning)
         results.append(result)
     summary = summarize(recipe, results, baseline_of(recipe, results))
     write_summary(Path(out_dir), recipe, summary)
     return summary
+
+
+def collapse_warning(result: StageResult) -> str | None:
+    """One line when a stage leaves only [CLS] from some layer on (LTP thresholds that collapsed:
+    the model then guesses from a token that has seen one or two layers), else None."""
+    tokens = result.tokens_per_layer
+    layer = next((i for i, n in enumerate(tokens) if n < 1.5), None)
+    if layer is None or tokens[0] < 1.5:
+        return None
+    return (
+        f"stage {result.name}: only [CLS] is left from layer {layer} on ({tokens[layer]:.2f} tokens "
+        f"on average against {tokens[0]:.1f} entering layer 0): the pruning thresholds collapsed; "
+        "try a smaller lambda or final_threshold, or a lower threshold_lr"
+    )
 
 
 def write_summary(out_dir: Path, recipe: Recipe, summary: dict) -> None:

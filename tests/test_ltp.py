@@ -166,3 +166,37 @@ def test_flops_of_a_pruned_run_are_the_mean_over_recorded_counts():
 
     expected = (macs(10, 6) + macs(6, 3) + macs(4, 4) + macs(4, 2)) / 2
     assert cost.gflops == pytest.approx(2 * expected / 1e9)
+
+
+def soft_stage_run(model_dir, glue_dir, out, final_threshold):
+    """A one-stage recipe (ltp_soft, one step) on a 3-layer copy of the tiny model; its summary."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from compress.pipeline import run_pipeline
+    from compress.recipe import parse_recipe
+
+    torch.manual_seed(0)
+    BertForSequenceClassification(BertConfig.from_pretrained(model_dir, num_hidden_layers=3)).save_pretrained(
+        out / "model"
+    )
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out / "model")
+    stage = {"name": "soft", "kind": "ltp_soft", "final_threshold": final_threshold, "batch_size": 16}
+    recipe = {"name": "tiny_soft", "model": str(out / "model"), "task": "sst2", "stages": [stage]}
+    recipe["data"] = {"dir": str(glue_dir), "max_train_samples": 16, "max_eval_samples": 16}
+    return run_pipeline(parse_recipe(recipe, "tiny_soft"), out / "run")
+
+
+def test_a_soft_stage_that_prunes_all_but_cls_is_reported(tmp_path, tiny_model_dir, real_glue_dir, caplog):
+    with caplog.at_level("WARNING", logger="compress.pipeline"):
+        summary = soft_stage_run(tiny_model_dir, real_glue_dir, tmp_path, final_threshold=0.9)
+    tokens = summary["stages"][0]["tokens_per_layer"]
+    assert tokens == [tokens[0], tokens[0], 1.0] and tokens[0] > 2  # [CLS] alone after layer 1
+    assert "only [CLS] is left from layer 2 on" in caplog.text and "collapsed" in caplog.text
+    assert (tmp_path / "run" / "summary.json").is_file()  # a warning, not a failure
+
+
+def test_no_collapse_warning_while_real_tokens_remain(tmp_path, tiny_model_dir, real_glue_dir, caplog):
+    with caplog.at_level("WARNING", logger="compress.pipeline"):
+        summary = soft_stage_run(tiny_model_dir, real_glue_dir, tmp_path, final_threshold=0.0)
+    assert summary["stages"][0]["tokens_per_layer"][2] > 1.5
+    assert "collapsed" not in caplog.text
