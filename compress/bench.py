@@ -17,7 +17,8 @@ kept-token counts (`compress.flops`).
 
 CPU rows also give `matmul_ms`: milliseconds per batch inside matrix multiplications (linear
 layers, attention matmuls; the baseline's fused SDPA kernel counts whole), from one pass under the
-profiler. `matmul_speedup` compares it with the baseline's. The whole model's speed-up lies between
+profiler over up to 64 batches spread over the dev set (the same ones for every variant), and
+`matmul_speedup` compares it with the baseline's. The whole model's speed-up lies between
 `matmul_speedup` and the speed-up of everything else, so where the matmuls take most of the time
 and speed up less than the FLOPs shrink (a GEMM of a few rows runs at a lower rate than one of
 many), that is where the efficiency is lost. GPU rows of the pruned and final models give
@@ -285,6 +286,8 @@ def time_runners(runners: list[Runner], batches: list[dict], rounds: int) -> lis
     return rows
 
 
+# The profiler's cost grows with the op count: at batch 1 a full pass would take longer than the timing.
+PROFILED_BATCHES = 64
 # Matrix multiplications as the CPU profiler names them: eager and inductor's extern kernels, torchao
 # int8 (`_int_mm`), oneDNN linear layers, and PyTorch's fused attention (its softmax included).
 _CPU_MATMUL_OPS = frozenset(
@@ -302,10 +305,12 @@ _CPU_MATMUL_OPS = frozenset(
 
 
 def matmul_ms(runner: Runner, batches: list[dict]) -> float:
-    """Milliseconds per batch spent in matrix multiplications (self CPU time), from one profiled pass."""
-    events = _profiled_pass(runner, batches, torch.profiler.ProfilerActivity.CPU)
+    """Milliseconds per batch spent in matrix multiplications (self CPU time), from a profiled pass
+    over up to `PROFILED_BATCHES` batches spread evenly over the sorted dev set."""
+    sample = batches[:: -(-len(batches) // PROFILED_BATCHES)]
+    events = _profiled_pass(runner, sample, torch.profiler.ProfilerActivity.CPU)
     spent = sum(e.self_cpu_time_total for e in events if e.key in _CPU_MATMUL_OPS)
-    return round(spent / 1e3 / len(batches), 4)
+    return round(spent / 1e3 / len(sample), 4)
 
 
 def attention_kernel_share(runner: Runner, batches: list[dict]) -> float | None:

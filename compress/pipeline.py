@@ -209,7 +209,7 @@ def run_pipeline(
 
 def collapse_warning(result: StageResult) -> str | None:
     """One line when a stage leaves only [CLS] from some layer on (LTP thresholds that collapsed:
-    the model then guesses from a token that has seen one or two layers), else None."""
+    from there on [CLS] attends to nothing but itself), else None."""
     tokens = result.tokens_per_layer
     layer = next((i for i, n in enumerate(tokens) if n < 1.5), None)
     if layer is None or tokens[0] < 1.5:
