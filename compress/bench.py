@@ -51,6 +51,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from compress import data
 from compress.errors import UserError
@@ -243,11 +244,20 @@ def run_bench(
 def time_runners(runners: list[Runner], batches: list[dict], rounds: int) -> list[dict]:
     """One row per runner: warm-up pass (counts tokens, compiles), then `rounds` alternating passes."""
     examples = sum(len(batch["input_ids"]) for batch in batches)
+    bar = tqdm(  # passes per runner: warm-up, rounds, the profiled one; updated between passes only
+        total=len(runners) * (rounds + 2),
+        desc=f"bench {runners[0].device} batch {len(batches[0]['input_ids'])}",
+        unit="pass",
+        dynamic_ncols=True,
+        leave=False,
+    )
     warmup, gflops = [], []
     for runner in runners:
+        bar.set_postfix_str(_label(runner) + " (warm-up)")
         started = time.perf_counter()
         counts = [runner.forward(batch) for batch in batches]
         warmup.append(time.perf_counter() - started)
+        bar.update()
         tokens_in, tokens_kept = (torch.cat(c) for c in zip(*counts, strict=True))
         gflops.append(cost_from_config(runner.config, tokens_in, tokens_kept).gflops)
     latencies: list[list[float]] = [[] for _ in runners]
@@ -256,9 +266,11 @@ def time_runners(runners: list[Runner], batches: list[dict], rounds: int) -> lis
         for round_ in range(rounds):
             order = range(len(runners)) if round_ % 2 == 0 else reversed(range(len(runners)))
             for index in order:
+                bar.set_postfix_str(f"{_label(runners[index])} (round {round_ + 1})")
                 times = _time_pass(runners[index], batches)
                 latencies[index] += times
                 totals[index].append(sum(times))
+                bar.update()
     rows = []
     for runner, warm, flops, lat, total in zip(runners, warmup, gflops, latencies, totals, strict=True):
         median = statistics.median(total)
@@ -278,12 +290,20 @@ def time_runners(runners: list[Runner], batches: list[dict], rounds: int) -> lis
                 "compile_s": round(max(warm - median, 0.0), 2) if runner.compiled else None,
             }
         )
+        bar.set_postfix_str(_label(runner) + " (profiled)")
         if runner.device == "cpu":
             rows[-1]["matmul_ms"] = matmul_ms(runner, batches)
         elif runner.variant != "baseline":
             rows[-1]["attention_kernel_share"] = attention_kernel_share(runner, batches)
-        log.info("%s", _describe(rows[-1]))
+        bar.update()
+    bar.close()
+    for row in rows:
+        log.info("%s", _describe(row))
     return rows
+
+
+def _label(runner: Runner) -> str:
+    return f"{runner.variant} {runner.dtype} {'compiled' if runner.compiled else 'eager'}"
 
 
 # The profiler's cost grows with the op count: at batch 1 a full pass would take longer than the timing.
