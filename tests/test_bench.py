@@ -55,6 +55,7 @@ def test_packed_path_gives_the_drop_path_logits(kind, spec, varlen):
     assert torch.equal(packed.tokens_in, dropped.tokens_in)
     assert torch.equal(packed.tokens_kept, dropped.tokens_kept)
     assert len(set(packed.tokens_kept[:, -1].tolist())) > 1, "kept counts should differ between examples"
+    assert (packed.tokens_kept[:, -1] < packed.tokens_in[:, 0]).all(), "every example should lose tokens"
 
 
 @pytest.mark.parametrize("scheme", [None, "int8_dynamic"])
