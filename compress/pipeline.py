@@ -212,7 +212,7 @@ def collapse_warning(result: StageResult) -> str | None:
     from there on [CLS] attends to nothing but itself), else None."""
     tokens = result.tokens_per_layer
     layer = next((i for i, n in enumerate(tokens) if n < 1.5), None)
-    if layer is None or tokens[0] < 1.5:
+    if layer in (None, 0):  # nothing collapsed, or the inputs themselves are single tokens
         return None
     return (
         f"stage {result.name}: only [CLS] is left from layer {layer} on ({tokens[layer]:.2f} tokens "
