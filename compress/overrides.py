@@ -7,27 +7,33 @@ import copy
 import yaml
 
 from compress.errors import UserError
+from compress.user_input import clip, quote, safe_load
 
 
 def parse_override(text: str) -> tuple[list[str], object]:
-    """'stages.finetune.epochs=1' -> (['stages', 'finetune', 'epochs'], 1). Values are YAML scalars."""
+    """'stages.finetune.epochs=1' -> (['stages', 'finetune', 'epochs'], 1).
+
+    Values are YAML, read with the recipe file's bounds; text that is not YAML stays a string.
+    """
     key, sep, value = text.partition("=")
     parts = key.strip().split(".")
     if not sep or not all(part.strip() for part in parts):
-        raise UserError(f"--set '{text}': expected dotted.key=value, e.g. stages.finetune.epochs=1")
+        raise UserError(f"--set {quote(text)}: expected dotted.key=value, e.g. stages.finetune.epochs=1")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = safe_load(value, f"--set {quote(text)}") if value.strip() else None
     except yaml.YAMLError:
         parsed = value
     return [part.strip() for part in parts], parsed
 
 
 def _stage_by_name(raw: dict, name: str, text: str) -> dict:
-    for stage in raw.get("stages") or []:
-        if isinstance(stage, dict) and stage.get("name") == name:
+    listed = raw.get("stages")
+    stages = [stage for stage in listed if isinstance(stage, dict)] if isinstance(listed, list) else []
+    for stage in stages:
+        if stage.get("name") == name:
             return stage
-    names = ", ".join(str(s.get("name")) for s in raw.get("stages") or [] if isinstance(s, dict))
-    raise UserError(f"--set '{text}': no stage named '{name}' (stages: {names})")
+    names = ", ".join(quote(stage.get("name")) for stage in stages)
+    raise UserError(f"--set {quote(text)}: no stage named {quote(name)} (stages: {clip(names)})")
 
 
 def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
@@ -38,12 +44,12 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
         node = result
         if parts[0] == "stages":
             if len(parts) < 3:
-                raise UserError(f"--set '{text}': address a stage key as stages.<stage name>.<key>")
+                raise UserError(f"--set {quote(text)}: address a stage key as stages.<stage name>.<key>")
             node, parts = _stage_by_name(result, parts[1], text), parts[2:]
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise UserError(f"--set '{text}': '{part}' is a value, not a section")
+                raise UserError(f"--set {quote(text)}: {quote(part)} is a value, not a section")
             node = child
         node[parts[-1]] = value
     return result

@@ -9,20 +9,25 @@
       - {name: soft, kind: ltp_soft, lambda: 0.05, final_threshold: 0.007}
 
 `load_recipe` validates everything that can be checked without running: keys and types
-(unknown keys refused), stage kinds, cross-stage rules, local paths. Each problem is one
-`UserError` line naming the file and the key.
+(unknown keys refused, numbers finite), stage kinds, cross-stage rules, local paths. Each
+problem is one `UserError` line naming the file and the key, user values quoted short. The
+file itself is read with bounds (`compress.user_input`): UTF-8 text, at most 1 MB.
 """
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from compress.errors import UserError
 from compress.overrides import apply_overrides
+from compress.paths import SIMPLE_NAME, SIMPLE_NAME_HINT
+from compress.user_input import MAX_YAML_CHARS, clip, quote, safe_load
 
 GLUE_TASKS = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli")
 # DESIGN §1 kinds plus the static top-k baseline; `IMPLEMENTED` grows as stages land.
@@ -31,8 +36,18 @@ PRUNING_KINDS = ("ltp_hard", "topk")
 INT8_ACTIVATIONS = ("int8_dynamic", "qat_int8")  # quantize schemes whose activations are int8
 
 
+def _plain_name(value: str) -> str:
+    """Recipe and stage names become folders (artifacts/<recipe>, OUT/stages/<stage>): no '.', '..' or '/'."""
+    if not re.fullmatch(SIMPLE_NAME, value):
+        raise ValueError(f"{quote(value)} is not a plain name ({SIMPLE_NAME_HINT}); it names a folder")
+    return value
+
+
+PlainName = Annotated[str, AfterValidator(_plain_name)]
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 class DataConfig(_Strict):
@@ -54,13 +69,13 @@ class DataConfig(_Strict):
 
 
 class StageBase(_Strict):
-    name: str
+    name: PlainName
 
 
 class TrainingConfig(StageBase):
     """Settings every training stage shares."""
 
-    epochs: float = Field(3.0, gt=0)  # fractions allowed: 0.5 = half an epoch of steps
+    epochs: float = Field(3.0, gt=0, le=1000)  # fractions allowed: 0.5 = half an epoch of steps
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int = Field(128, ge=1)
     lr: float = Field(2e-5, gt=0)
@@ -75,7 +90,7 @@ class FinetuneConfig(TrainingConfig):
 
 class LTPSoftConfig(TrainingConfig):
     kind: Literal["ltp_soft"]
-    epochs: float = Field(1.0, gt=0)  # paper: 1 on large sets, 10 on RTE/MRPC
+    epochs: float = Field(1.0, gt=0, le=1000)  # paper: 1 on large sets, 10 on RTE/MRPC
     batch_size: int = Field(64, ge=1)
     final_threshold: float = Field(0.01, ge=0)  # theta_final
     temperature: float = Field(1e-3, gt=0)  # T of the sigmoid mask
@@ -85,7 +100,7 @@ class LTPSoftConfig(TrainingConfig):
 
 class LTPHardConfig(TrainingConfig):
     kind: Literal["ltp_hard"]
-    epochs: float = Field(5.0, gt=0)
+    epochs: float = Field(5.0, gt=0, le=1000)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-5, gt=0)
     thresholds: str | None = None  # artifact dir with pruning.json, when no ltp_soft stage precedes
@@ -95,7 +110,7 @@ class TopKConfig(TrainingConfig):
     """Static top-k baseline: keep a fixed fraction per layer, falling linearly after `start_layer`."""
 
     kind: Literal["topk"]
-    epochs: float = Field(5.0, gt=0)
+    epochs: float = Field(5.0, gt=0, le=1000)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-5, gt=0)
     final_keep_ratio: float = Field(0.3, gt=0, le=1)
@@ -146,10 +161,10 @@ IMPLEMENTED = {"finetune", "ltp_soft", "ltp_hard", "topk", "distill", "quantize"
 
 
 class Recipe(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: PlainName
     model: str
     task: str
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=2**32 - 1)  # numpy's seed range
     data: DataConfig = DataConfig()
     stages: list[StageConfig] = Field(min_length=1)
 
@@ -162,7 +177,8 @@ class Recipe(_Strict):
         for stage in self.stages:
             if stage.name == name:
                 return stage
-        raise UserError(f"no stage named '{name}' (stages: {', '.join(s.name for s in self.stages)})")
+        names = ", ".join(stage.name for stage in self.stages)
+        raise UserError(f"no stage named {quote(name)} (stages: {clip(names)})")
 
     def named_teacher(self) -> str | None:
         """The teacher a distill stage names explicitly, if any."""
@@ -179,11 +195,10 @@ class Recipe(_Strict):
 def check_pipeline(recipe: Recipe) -> None:
     """Cross-stage rules, in one place."""
     if recipe.task not in GLUE_TASKS + ("custom",):
-        raise ValueError(f"task: unknown task '{recipe.task}' (known: {', '.join(GLUE_TASKS)}, custom)")
+        raise ValueError(f"task: unknown task {quote(recipe.task)} (known: {', '.join(GLUE_TASKS)}, custom)")
     if recipe.task == "custom" and not recipe.data.eval_file:
         raise ValueError("data.eval_file: task 'custom' needs data.eval_file (and data.train_file)")
-    names = [stage.name for stage in recipe.stages]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
+    duplicates = sorted(name for name, count in Counter(s.name for s in recipe.stages).items() if count > 1)
     if duplicates:
         raise ValueError(f"stages: duplicate stage name '{duplicates[0]}'")
     seen: list[str] = []
@@ -226,20 +241,33 @@ def check_pipeline(recipe: Recipe) -> None:
 def _raw_stage_problems(raw: dict, source: str) -> None:
     """Stage kinds are checked before pydantic so the message names the stage, not a union."""
     stages = raw.get("stages")
+    if stages is None:
+        return  # pydantic reports the missing key
     if not isinstance(stages, list):
-        return
+        raise UserError(f"{source}: stages: expected a list of stages, got {type(stages).__name__}")
     for position, stage in enumerate(stages):
         if not isinstance(stage, dict):
             raise UserError(f"{source}: stages[{position}]: expected a mapping with 'name' and 'kind'")
-        label = stage.get("name", f"[{position}]")
+        label = _stage_label(stage, position)
         kind = stage.get("kind")
         if kind not in KNOWN_KINDS:
             raise UserError(
-                f"{source}: stages.{label}.kind: unknown stage kind '{kind}' "
+                f"{source}: stages.{label}.kind: unknown stage kind {quote(kind)} "
                 f"(known: {', '.join(KNOWN_KINDS)})"
             )
         if kind not in IMPLEMENTED:
-            raise UserError(f"{source}: stages.{label}.kind: stage kind '{kind}' is not implemented yet")
+            raise UserError(f"{source}: stages.{label}.kind: stage kind {quote(kind)} is not implemented yet")
+
+
+def _stage_label(stage: dict, position: int) -> str:
+    """How a message names a raw stage: its name when that is a valid one, else its position."""
+    name = stage.get("name")
+    return name if isinstance(name, str) and re.fullmatch(SIMPLE_NAME, name) else f"[{position}]"
+
+
+def _key(part: object) -> str:
+    """A key or stage name as a part of a dotted key in a message: as is when short and printable."""
+    return part if isinstance(part, str) and part.isprintable() and len(part) <= 64 else quote(part, 40)
 
 
 def _describe(error: ValidationError, raw: dict) -> str:
@@ -249,9 +277,9 @@ def _describe(error: ValidationError, raw: dict) -> str:
     loc = list(first["loc"])
     if loc[:1] == ["stages"] and len(loc) > 1 and isinstance(loc[1], int):
         stage = raw["stages"][loc[1]]
-        parts = ["stages", str(stage.get("name", loc[1]))]
+        parts = ["stages", _stage_label(stage, loc[1])]
         loc = loc[3:] if len(loc) > 2 and loc[2] == stage.get("kind") else loc[2:]
-    parts += [str(p) for p in loc]
+    parts += [_key(p) for p in loc]
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown key"
@@ -272,24 +300,49 @@ def parse_recipe(raw: Any, source: str) -> Recipe:
         raise UserError(f"{source}: {_describe(error, raw)}") from None
 
 
-def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
+def _read_text(path: Path) -> str:
+    """A recipe file's text: at most MAX_YAML_CHARS bytes of UTF-8, no NUL bytes."""
     if not path.is_file():
         raise UserError(f"recipe file not found: {path}")
     try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
+        with path.open("rb") as file:
+            data = file.read(MAX_YAML_CHARS + 1)
+    except OSError as error:
+        raise UserError(f"{path}: cannot read the recipe ({error.strerror})") from None
+    if len(data) > MAX_YAML_CHARS:
+        raise UserError(f"{path}: larger than {MAX_YAML_CHARS} bytes; a recipe is a small YAML file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}: not UTF-8 text (byte {error.start}); save the recipe as UTF-8") from None
+    if "\0" in text:
+        raise UserError(f"{path}: a binary file (NUL byte at offset {data.index(0)}), not a YAML recipe")
+    return text
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A recipe file's mapping, read with `safe_load`'s bounds; every problem one `UserError` line."""
+    path = Path(path)
+    text = _read_text(path)
+    try:
+        raw = safe_load(text, str(path))
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise UserError(f"{path}: YAML syntax error{where}: {getattr(error, 'problem', error)}") from None
+        problem = clip(" ".join(str(error.problem or error.context).split()), 160)
+        raise UserError(f"{path}: YAML syntax error{where}: {problem}") from None
+    except yaml.reader.ReaderError as error:
+        raise UserError(
+            f"{path}: character #x{error.character:04x} at offset {error.position} is not allowed in YAML"
+        ) from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: a recipe must be a YAML mapping, got {type(raw).__name__}")
+    return raw
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Read, override (`dotted.key=value`) and validate a recipe file."""
-    raw = read_yaml(path)
-    if isinstance(raw, dict):
-        raw = apply_overrides(raw, overrides)
-    return parse_recipe(raw, str(path))
+    return parse_recipe(apply_overrides(read_yaml(path), overrides), str(path))
 
 
 def dump_recipe(recipe: Recipe) -> str:

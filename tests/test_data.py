@@ -170,12 +170,17 @@ def _write_tsv(path: Path, header, rows) -> None:
     path.write_text("".join("\t".join(line) + "\n" for line in lines), encoding="utf-8")
 
 
-@pytest.fixture
-def glue_dir(tmp_path):
+def write_glue_files(root: Path) -> Path:
+    """A few rows of every GLUE task in its own format, under root (a GLUE-layout folder)."""
     for name, files in GLUE_FILES.items():
         for file, (header, rows) in files.items():
-            _write_tsv(tmp_path / "glue" / TASKS[name].glue_dir / file, header, rows)
-    return tmp_path / "glue"
+            _write_tsv(root / TASKS[name].glue_dir / file, header, rows)
+    return root
+
+
+@pytest.fixture
+def glue_dir(tmp_path):
+    return write_glue_files(tmp_path / "glue")
 
 
 def _triples(examples):
