@@ -13,6 +13,7 @@ from compress.recipe import Recipe
 from compress.tasks import TaskSpec, get_task
 
 log = logging.getLogger(__name__)
+MIN_TRAIN_EXAMPLES = 8  # fewer trains on noise: warned, not refused (tests train on tiny slices)
 
 
 @dataclass
@@ -74,27 +75,71 @@ def load_examples(recipe: Recipe, need_train: bool) -> tuple[TaskSpec, dict[str,
     return task, data.load_glue(task, data.resolve_data_dir(cfg.dir), need_train=need_train)
 
 
+def _data_sources(recipe: Recipe, task: TaskSpec) -> dict[str, str]:
+    """Where each split comes from, for messages: a file, or the hub dataset's config/split."""
+    if recipe.task == "custom":
+        return {"train": str(recipe.data.train_file), "validation": str(recipe.data.eval_file)}
+    data_dir = data.resolve_data_dir(recipe.data.dir)
+    if data_dir is None:
+        hub_splits = {"train": "train", **task.hub_eval_splits}
+        return {split: f"{data.HUB_ID} {task.hub_config}/{hub}" for split, hub in hub_splits.items()}
+    files = {"train": task.train_file, **task.eval_files}
+    return {split: str(data_dir / task.glue_dir / name) for split, name in files.items()}
+
+
+def _check_train_set(task: TaskSpec, train: list[dict], source: str, total: int) -> None:
+    """Refuse a classification training set of fewer than 2 classes; warn when it is tiny.
+
+    `total`: the examples in the split before slicing and length filtering.
+    """
+    if len(train) < MIN_TRAIN_EXAMPLES:
+        log.warning("%s: only %d training examples, too few to train on meaningfully", source, len(train))
+    classes = {f["label"] for f in train}
+    if task.is_regression or len(classes) > 1:
+        return
+    kept = (
+        ""
+        if len(train) == total
+        else f" ({len(train)} of {total} kept by data.max_train_samples/train_length)"
+    )
+    raise UserError(
+        f"{source}{kept}: every training example is of class {task.labels[classes.pop()]!r};"
+        " a classifier needs at least 2 classes"
+    )
+
+
 def prepare_data(recipe: Recipe, tokenizer, need_train: bool = True) -> TaskData:
     """Load, slice (seeded), tokenise and length-filter the recipe's data."""
     cfg = recipe.data
     task, splits = load_examples(recipe, need_train)
+    sources = _data_sources(recipe, task)
     train = []
     if need_train:
-        examples = data.slice_examples(splits.pop("train"), cfg.max_train_samples, recipe.seed, "train")
+        rows = splits.pop("train")
+        examples = data.slice_examples(
+            rows, cfg.max_train_samples, recipe.seed, f"train split ({sources['train']})"
+        )
         train = data.filter_by_length(
             data.tokenize(examples, tokenizer, cfg.max_seq_length), cfg.train_length
         )
         if not train:
-            raise UserError(f"data.train_length: no training example has {cfg.train_length} tokens")
+            raise UserError(
+                f"data.train_length: no training example in {sources['train']} has {cfg.train_length} tokens"
+            )
+        _check_train_set(task, train, sources["train"], len(rows))
     splits.pop("train", None)
     evals = {}
     for split, rows in splits.items():
-        examples = data.slice_examples(rows, cfg.max_eval_samples, recipe.seed, split)
+        examples = data.slice_examples(
+            rows, cfg.max_eval_samples, recipe.seed, f"{split} split ({sources[split]})"
+        )
         tokenized = data.filter_by_length(
             data.tokenize(examples, tokenizer, cfg.max_seq_length), cfg.eval_length
         )
         if not tokenized:
-            raise UserError(f"data.eval_length: no {split} example has {cfg.eval_length} tokens")
+            raise UserError(
+                f"data.eval_length: no {split} example in {sources[split]} has {cfg.eval_length} tokens"
+            )
         evals[split] = tokenized
     log.info("%s: %d train, %s eval examples", task.name, len(train), {s: len(v) for s, v in evals.items()})
     return TaskData(task, train, evals, tokenizer.pad_token_id, recipe.seed)

@@ -109,7 +109,7 @@ def test_yaml_syntax_error(workdir, capsys):
 def test_data_dir_without_the_task_files(workdir, capsys):
     (workdir / "glue" / "SST-2").mkdir(parents=True)
     code, err = run_cli(["compress", QUICKSTART, "--data-dir", workdir / "glue"], capsys)
-    assert_one_line_error(code, err, "task sst2 needs", "SST-2/train.tsv", "missing")
+    assert_one_line_error(code, err, "task sst2 (train split): data file", "SST-2/train.tsv", "not found")
     assert_nothing_written(workdir, "glue")
 
 
