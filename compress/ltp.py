@@ -15,41 +15,59 @@ Four forward modes:
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from compress.errors import UserError
+from compress.errors import UserError, read_json_as
 from compress.int8_attention import attention_context, attention_scores
 
 Mode = Literal["off", "soft", "mask", "drop"]
 PRUNING_FILE = "pruning.json"
 
 
-@dataclass
-class PruningSpec:
+class PruningSpec(BaseModel):
     """What a pruned model keeps. method "ltp": learned thresholds; "topk": static keep ratios."""
 
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
     method: Literal["ltp", "topk"] = "ltp"
-    max_length: int = 128  # N of the importance score: fixed, so thresholds mean the same at any length
-    final_threshold: float = 0.01  # theta_final (ltp)
-    temperature: float = 1e-3  # T of the soft mask (ltp)
-    threshold_offsets: list[float] = field(default_factory=list)  # learned delta_l per layer (ltp)
-    keep_ratios: list[float] = field(default_factory=list)  # fraction of the length kept per layer (topk)
+    # N of the importance score: fixed, so thresholds mean the same at any length
+    max_length: int = Field(128, ge=1)
+    final_threshold: float = Field(0.01, ge=0)  # theta_final (ltp)
+    temperature: float = Field(1e-3, gt=0)  # T of the soft mask (ltp)
+    threshold_offsets: list[float] = []  # learned delta_l per layer (ltp); may be negative
+    keep_ratios: list[Annotated[float, Field(gt=0, le=1)]] = []  # fraction kept per layer (topk)
 
     def save(self, directory: Path) -> None:
-        (Path(directory) / PRUNING_FILE).write_text(json.dumps(asdict(self), indent=2))
+        (Path(directory) / PRUNING_FILE).write_text(self.model_dump_json(indent=2))
 
     @classmethod
-    def load(cls, directory: Path) -> PruningSpec | None:
+    def load(cls, directory: Path, num_layers: int | None = None) -> PruningSpec | None:
+        """pruning.json of `directory`, validated (against a model of `num_layers` layers when
+        given), or None when there is none."""
         path = Path(directory) / PRUNING_FILE
-        return cls(**json.loads(path.read_text())) if path.exists() else None
+        if not path.exists():
+            return None
+        spec = read_json_as(path, cls)
+        if num_layers is not None:
+            spec.check_layers(num_layers, str(path))
+        return spec
+
+    def check_layers(self, num_layers: int, source: str = "pruning spec") -> None:
+        """Refuse per-layer lists that do not fit a model of `num_layers` layers."""
+        layers = f"the model has {num_layers} layers"
+        ratios, offsets = len(self.keep_ratios), len(self.threshold_offsets)
+        if self.method == "topk" and ratios != num_layers:
+            raise UserError(f"{source}: keep_ratios has {ratios} entries, {layers}")
+        if offsets and offsets != num_layers:
+            raise UserError(f"{source}: threshold_offsets has {offsets} entries, {layers}")
 
 
 def linear_keep_ratios(num_layers: int, final_keep_ratio: float, start_layer: int) -> list[float]:
@@ -132,11 +150,18 @@ def _key_bias(weight: torch.Tensor) -> torch.Tensor:
 def _gather_kept(keep: torch.Tensor, *tensors: torch.Tensor):
     """Move each row's kept tokens to the front, in order, and cut to the longest row.
 
-    keep (B, n) bool -> tensors gathered to (B, K, ...) and the new validity mask (B, K).
+    keep (B, n) bool -> tensors gathered to (B, K, ...) and the new validity mask (B, K). Written
+    with static ops (TopK, GatherElements) and a checked data-dependent K, so `torch.export` and
+    the ONNX exporter take it as it is.
     """
     counts = keep.sum(dim=1)  # (B,)
-    longest = int(counts.max())
-    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :longest]  # (B, K)
+    n = keep.shape[1]
+    longest = counts.max().item()
+    torch._check(longest >= 1)
+    torch._check(longest <= n)
+    positions = torch.arange(n, device=keep.device)
+    first_kept = torch.where(keep, n - positions, 0)  # (B, n): kept tokens rank first, in order
+    order = first_kept.topk(longest, dim=1).indices  # (B, K)
     valid = torch.arange(longest, device=keep.device)[None, :] < counts[:, None]  # (B, K)
     gathered = [t.gather(1, order[..., None].expand(-1, -1, t.shape[-1])) for t in tensors]
     return gathered, valid
@@ -161,6 +186,8 @@ class PrunableModel(nn.Module):
         self.quantization: str | None = None  # torchao scheme of the encoder's linear layers, if any
         self.int8_attention = False  # QK^T and AV in int8 (pruned forward only)
         num_layers = hf_model.config.num_hidden_layers
+        if spec is not None:
+            spec.check_layers(num_layers)
         offsets = spec.threshold_offsets if spec and spec.threshold_offsets else [0.0] * num_layers
         # delta_l; layer 0 never uses its entry (theta_0 = 0)
         self.threshold_offsets = nn.Parameter(torch.tensor(offsets, dtype=torch.float32))

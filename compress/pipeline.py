@@ -15,21 +15,28 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from huggingface_hub.errors import StrictDataclassError
+from transformers import AutoConfig
+
 from compress import data
 from compress.artifacts import read_result, write_json
 from compress.errors import UserError
 from compress.evaluate import evaluate_saved
 from compress.flops import FP16, FP32
+from compress.ltp import PRUNING_FILE
 from compress.models import load_tokenizer, resolve_model
+from compress.paths import user_path
 from compress.quantize import check_scheme
 from compress.recipe import Recipe, dump_recipe
 from compress.stages import STAGES, StageInputs, StageResult
-from compress.task_data import prepare_data
-from compress.tasks import get_task
+from compress.task_data import load_examples, prepare_data
 
 log = logging.getLogger(__name__)
 # What a stage computes depends on the library, not on the orchestration modules around it.
 ORCHESTRATION = {"pipeline.py", "sweep.py"}
+OUTPUT_FILES = ("summary.json", "stages", "recipe.yaml")  # what a run leaves in OUT
+# Model types whose position ids start at pad_token_id + 1 (so they take fewer tokens than positions).
+OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "longformer")
 CODE_VERSION_FILES = sorted(p for p in Path(__file__).parent.rglob("*.py") if p.name not in ORCHESTRATION)
 
 
@@ -51,31 +58,23 @@ def code_version() -> str:
 
 
 def preflight(recipe: Recipe, check_data: bool = False) -> None:
-    """Checks that need the file system but no training: model path, data files, thresholds.
+    """Checks that need the file system but no training: model, data files, thresholds.
 
-    check_data also loads, slices and tokenises the data (seconds), so an empty slice or an
-    unloadable tokenizer is reported before any training starts.
+    Local data files are read and checked (encoding, columns, labels); check_data also slices and
+    tokenises them (seconds), so an empty slice or an unloadable tokenizer is reported before any
+    training starts. Hub data is fetched only with check_data.
     """
-    resolve_model(recipe.model)
-    if recipe.task == "custom":
-        for key in ("train_file", "eval_file"):
-            path = getattr(recipe.data, key)
-            if path and not Path(path).is_file():
-                raise UserError(f"data.{key}: file not found: {path}")
-    else:
-        task = get_task(recipe.task)
-        data_dir = data.resolve_data_dir(recipe.data.dir)
-        if data_dir is not None:
-            needs_train = any(stage.kind not in ("quantize", "benchmark") for stage in recipe.stages)
-            files = ([task.train_file] if needs_train else []) + list(task.eval_files.values())
-            for name in files:
-                path = data_dir / task.glue_dir / name
-                if not path.is_file():
-                    raise UserError(f"data dir {data_dir}: task {task.name} needs {path}, which is missing")
+    _check_sequence_length(recipe)
+    need_train = any(stage.kind not in ("quantize", "benchmark") for stage in recipe.stages)
+    if check_data:
+        prepare_data(recipe, load_tokenizer(recipe.model), need_train=need_train)
+    elif recipe.task == "custom" or data.resolve_data_dir(recipe.data.dir) is not None:
+        load_examples(recipe, need_train)
     for stage in recipe.stages:
         thresholds = getattr(stage, "thresholds", None)
-        if thresholds and not (Path(thresholds) / "pruning.json").is_file():
-            raise UserError(f"stages.{stage.name}.thresholds: no pruning.json in {thresholds}")
+        key = f"stages.{stage.name}.thresholds"
+        if thresholds and not (user_path(thresholds, key) / PRUNING_FILE).is_file():
+            raise UserError(f"{key}: no {PRUNING_FILE} in {thresholds}")
         if getattr(stage, "teacher", None):
             try:
                 resolve_model(stage.teacher)
@@ -86,8 +85,25 @@ def preflight(recipe: Recipe, check_data: bool = False) -> None:
                 check_scheme(stage.scheme)
             except UserError as error:
                 raise UserError(f"stages.{stage.name}.scheme: {error}") from None
-    if check_data:
-        prepare_data(recipe, load_tokenizer(recipe.model), need_train=True)
+
+
+def _check_sequence_length(recipe: Recipe) -> None:
+    """data.max_seq_length within the model's position embeddings (when its config is at hand)."""
+    source = resolve_model(recipe.model)
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError, StrictDataclassError):
+        if Path(source).is_dir():
+            raise UserError(f"model '{recipe.model}': no readable config.json in {source}") from None
+        return  # a hub id not reachable now: loading the model reports it
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit and config.model_type in OFFSET_POSITIONS:
+        limit -= (config.pad_token_id or 0) + 1  # RoBERTa's positions start after the padding index
+    if limit and recipe.data.max_seq_length > limit:
+        raise UserError(
+            f"data.max_seq_length: {recipe.data.max_seq_length} is more than model "
+            f"'{recipe.model}' takes ({limit} tokens)"
+        )
 
 
 def plan(
@@ -115,7 +131,13 @@ def plan(
 
 
 def cached_result(step: PlannedStage) -> StageResult | None:
-    payload = read_result(step.inputs.output_dir)
+    """The stage's stored result when its artifact was made under the same cache key. A result.json
+    that cannot be read counts as none, with a warning: the stage runs again."""
+    try:
+        payload = read_result(step.inputs.output_dir)
+    except UserError as error:
+        log.warning("stage %s: ignoring its cached artifact: %s", step.config.name, error)
+        return None
     if payload is None or payload.pop("cache_key", None) != step.cache_key:
         return None
     result = StageResult.from_dict(payload)

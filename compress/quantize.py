@@ -25,15 +25,17 @@ scheme so the module structure matches, then loads the state dict with `assign=T
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from compress.errors import UserError
+from compress.errors import UserError, read_json_as
 from compress.flops import Precision
 
 # Import-time noise: torchao's optional CUDA extensions that a CPU build cannot load, and torch's
@@ -58,6 +60,7 @@ from torchao.quantization.qat.linear import FakeQuantizedLinear  # noqa: E402
 
 QUANTIZATION_FILE = "quantization.json"
 WEIGHTS_FILE = "model.safetensors"
+Scheme = Literal["int8_dynamic", "qat_int8", "int8_weight_only", "int4_weight_only"]
 
 # Bits of the linear layers' operands per scheme. The attention matmuls (QK^T, AV) multiply two
 # activations and stay in float (32 bits on CPU) unless the quantize stage sets attention: int8.
@@ -117,37 +120,85 @@ def precision(scheme: str, int8_attention: bool = False) -> Precision:
     return replace(bits, attention_bits=8) if int8_attention else bits
 
 
+class SavedQuantization(BaseModel):
+    """quantization.json: the scheme of a quantised artifact's encoder."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scheme: Scheme
+    int8_attention: bool = False  # QK^T and AV in int8
+
+
+def _cpu_state(hf_model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().cpu() for name, tensor in hf_model.state_dict().items()}
+
+
 def save_quantized(hf_model: nn.Module, scheme: str, directory: Path, int8_attention: bool = False) -> None:
     """Config + flattened quantised weights (safetensors) + quantization.json."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
     hf_model.config.save_pretrained(directory)
-    state = {name: tensor.detach().cpu() for name, tensor in hf_model.state_dict().items()}
-    tensors, metadata = flatten_tensor_state_dict(state)
+    tensors, metadata = flatten_tensor_state_dict(_cpu_state(hf_model))
     save_file(tensors, directory / WEIGHTS_FILE, metadata=metadata)
-    info = {"scheme": scheme, "int8_attention": int8_attention}
-    (directory / QUANTIZATION_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    saved = SavedQuantization(scheme=scheme, int8_attention=int8_attention)
+    (directory / QUANTIZATION_FILE).write_text(saved.model_dump_json(indent=2) + "\n")
 
 
-def saved_quantization(directory: Path) -> dict | None:
-    """quantization.json of a quantised artifact ({"scheme", "int8_attention"}), or None for a float one."""
+def saved_quantization(directory: Path) -> SavedQuantization | None:
+    """quantization.json of a quantised artifact, validated, or None for a float one."""
     path = Path(directory) / QUANTIZATION_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json_as(path, SavedQuantization) if path.exists() else None
 
 
 def load_quantized(directory: Path, hf_model: nn.Module, scheme: str) -> nn.Module:
     """Load a quantised artifact (its `saved_quantization` scheme) into `hf_model`, a float model
-    built on CPU from its config."""
-    from safetensors import safe_open
+    built on CPU from its config.
 
+    The file must hold exactly the tensors, shapes and torchao metadata that quantising this model
+    with `scheme` gives: weights of another scheme or model are refused, not assigned.
+    """
+    path = Path(directory) / WEIGHTS_FILE
     quantize_encoder(hf_model, scheme)
-    with safe_open(str(Path(directory) / WEIGHTS_FILE), framework="pt") as handle:
-        metadata = handle.metadata()
-        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    state, leftover = unflatten_tensor_state_dict(tensors, metadata)
-    if leftover:
-        raise UserError(f"{directory}: unexpected tensors in {WEIGHTS_FILE}: {', '.join(sorted(leftover))}")
+    expected_tensors, expected_metadata = flatten_tensor_state_dict(_cpu_state(hf_model))
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except (SafetensorError, OSError) as error:
+        raise UserError(f"{path}: not a readable safetensors file ({error})") from None
+    problem = _metadata_problem(metadata, expected_metadata) or _tensor_problem(tensors, expected_tensors)
+    if problem:
+        raise UserError(f"{path} does not fit scheme '{scheme}' of quantization.json, config.json: {problem}")
+    state, _ = unflatten_tensor_state_dict(tensors, metadata)
     device = next(hf_model.parameters()).device
     hf_model.load_state_dict({k: v.to(device) for k, v in state.items()}, assign=True)
     return hf_model
+
+
+def _metadata_problem(saved: dict[str, str], expected: dict[str, str]) -> str | None:
+    """What differs between the torchao metadata saved and the metadata the scheme gives."""
+    if "tensor_names" not in saved:
+        return "no torchao metadata (float weights?)"
+    if saved.keys() != expected.keys():
+        return _key_problem("metadata entries", saved.keys(), expected.keys())
+    differing = [name for name in expected if saved[name] != expected[name]]
+    return f"{differing[0]} is quantised differently" if differing else None
+
+
+def _tensor_problem(saved: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> str | None:
+    """Missing, unexpected or misshapen tensors."""
+    if saved.keys() != expected.keys():
+        return _key_problem("tensors", saved.keys(), expected.keys())
+    for name, wanted in expected.items():
+        found = saved[name]
+        if found.shape != wanted.shape or found.dtype != wanted.dtype:
+            return f"{name} is {found.dtype} {list(found.shape)}, not {wanted.dtype} {list(wanted.shape)}"
+    return None
+
+
+def _key_problem(what: str, saved, expected) -> str:
+    missing, unexpected = sorted(expected - saved), sorted(saved - expected)
+    if missing:
+        return f"{len(missing)} {what} missing ({missing[0]}, ...)"
+    return f"{len(unexpected)} unexpected {what} ({unexpected[0]}, ...)"
