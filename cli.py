@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from compress.errors import UserError
+from compress.errors import Stopped, UserError
 
 app = typer.Typer(
     add_completion=False,
@@ -19,6 +20,7 @@ app = typer.Typer(
 )
 
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override a recipe key: dotted.key=value")]
+BENCH_FILES = ("bench.json", "models")  # what a bench leaves in its --out
 DataDirOption = Annotated[
     str | None, typer.Option("--data-dir", help="GLUE-layout folder (else $GLUE_DIR, else hub)")
 ]
@@ -56,12 +58,12 @@ def compress(
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute every stage")] = False,
 ) -> None:
     """Run a recipe's stages (a Prefect flow, tracked in MLflow) and write OUT/summary.json."""
-    from pipelines.flow import check, compress_flow
+    from pipelines.flow import check, compress_flow, output_dir
     from pipelines.report import print_summary, stage_list
 
     overrides = _overrides(set_, data_dir)
-    resolved = check(recipe, overrides, until, check_data=True)  # bad input: one line, before training
-    out_dir = out or Path("artifacts") / resolved.name
+    resolved = check(recipe, overrides, until, check_data=True, out_dir=out)  # bad input: before training
+    out_dir = output_dir(resolved, out)
     typer.echo(f"{resolved.name}: {stage_list(resolved, until)}")
     summary = compress_flow(str(recipe), overrides, str(out_dir), until, not no_cache)
     print_summary(summary)
@@ -95,11 +97,12 @@ def sweep(
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute every stage")] = False,
 ) -> None:
     """Run a recipe once per value of KEY; write sweep_KEY.json and an accuracy-vs-GFLOPs plot."""
+    from compress.paths import check_output_dir
     from compress.sweep import run_sweep, sweep_file
 
     overrides = _overrides(set_, data_dir)
     name = _load(recipe, set_, data_dir).name
-    out_dir = out or Path("artifacts") / f"{name}-sweep"
+    out_dir = check_output_dir(out or Path("artifacts") / f"{name}-sweep", ours=("stages",))
     result = run_sweep(
         recipe,
         key,
@@ -169,6 +172,7 @@ def bench(
     """Time the baseline, pruned and final models side by side; write bench.json, bench.md, bench.png."""
     from compress.bench import BenchSettings, resolve_target, run_bench
     from compress.bench_report import markdown_table, write_report
+    from compress.paths import check_output_dir
 
     try:
         sizes = tuple(int(size) for size in batch_sizes.split(","))
@@ -178,32 +182,48 @@ def bench(
     settings = BenchSettings(sizes, threads, rounds, compile=not no_compile, devices=chosen)
     slice_ = [] if max_examples is None else [f"data.max_eval_samples={max_examples}"]
     if target.startswith("random:"):
+        name = target.replace(":", "-")
+    elif target.startswith("models:/"):
+        name = _pull_dir(target).name
+    else:
+        name = Path(target).resolve().name
+    out = check_output_dir(out or Path("artifacts") / "bench" / name, ours=BENCH_FILES)
+    overrides = _overrides(slice_, data_dir)
+    if target.startswith("random:"):
         from compress.random_target import random_target
 
-        name = target.replace(":", "-")
-        out = out or Path("artifacts") / "bench" / name
-        resolved = random_target(target, out / "models", _overrides(slice_, data_dir))
+        resolved = random_target(target, out / "models", overrides)
     else:
-        folder, name = Path(target), Path(target).resolve().name
+        folder = Path(target)
         if target.startswith("models:/"):
             from pipelines.registry import pull_model
 
-            folder, name = pull_model(target, _pull_dir(target)), _pull_dir(target).name
-        resolved = resolve_target(folder, _overrides(slice_, data_dir))
+            folder = pull_model(target, _pull_dir(target))
+        resolved = resolve_target(folder, overrides)
     result = run_bench(resolved.baseline, resolved.pruned, resolved.final, resolved.recipe, settings)
-    paths = write_report(result, out or Path("artifacts") / "bench" / name)
+    paths = write_report(result, out)
     typer.echo(markdown_table(result))
     typer.echo(f"bench: {paths['json']}, {paths['md']}, {paths['png']}")
 
 
+def _stop(signum: int, frame) -> None:
+    raise Stopped(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run a command; a user mistake becomes one line on stderr and exit code 2."""
+    """Run a command; a user mistake becomes one line on stderr and exit code 2; Ctrl-C (SIGINT)
+    and SIGTERM end it with one line and exit code 128 + the signal's number (130, 143)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _stop)
     try:
         app(args=argv, standalone_mode=False)
     except UserError as error:
         typer.echo(f"error: {error}", err=True)
         return 2
+    except Stopped as stop:
+        typer.echo(f"error: stopped by {stop}; finished stages are kept and a re-run resumes", err=True)
+        return 128 + stop.signum
     except typer.Exit as done:
         return done.exit_code
     except typer.TyperException as error:  # usage errors: missing argument, unknown option

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from compress.artifacts import write_json
 from compress.overrides import apply_overrides
+from compress.paths import check_simple_name
 from compress.pipeline import run_pipeline
 from compress.recipe import parse_recipe, read_yaml
 
@@ -30,9 +31,9 @@ def run_sweep(
     """One pipeline per value; returns and writes OUT/sweep_<key>.json, and plots OUT/sweep_<key>.png."""
     raw = apply_overrides(read_yaml(recipe_path), overrides)
     recipes = [parse_recipe(apply_overrides(raw, [f"{key}={value}"]), str(recipe_path)) for value in values]
+    run_dirs = [out_dir / check_simple_name(f"{key.split('.')[-1]}={value}", "--values") for value in values]
     rows = []
-    for value, recipe in zip(values, recipes, strict=True):
-        run_dir = out_dir / f"{key.split('.')[-1]}={value}"
+    for value, recipe, run_dir in zip(values, recipes, run_dirs, strict=True):
         summary = run_pipeline(recipe, run_dir, use_cache=use_cache, stage_root=out_dir / "stages")
         final = summary["final"]
         rows.append(

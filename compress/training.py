@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from compress.errors import UserError
 from compress.evaluate import EvalResult
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,11 @@ def train(
             if step >= total_steps:
                 break
             loss, logs = loss_fn(model, batch)
+            if not torch.isfinite(loss):  # one host sync per step, as loss.item() below already costs
+                raise UserError(
+                    f"{description}: training diverged (loss {loss.item()} at step {step + 1} of "
+                    f"{total_steps}); lower lr or raise warmup_ratio"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
@@ -112,5 +118,7 @@ def train(
             best_state = copy.deepcopy(model.state_dict()) if keep == "best" else None
     if best_state is not None:
         model.load_state_dict(best_state)
+    if not all(torch.isfinite(p).all() for p in params):
+        raise UserError(f"{description}: training left non-finite weights; lower lr or raise warmup_ratio")
     model.eval()
     return TrainResult(best=result, history=history, steps=step, examples_per_s=examples / max(seconds, 1e-9))

@@ -17,7 +17,8 @@ from prefect.cache_policies import NO_CACHE
 
 from compress.artifacts import read_result
 from compress.errors import UserError
-from compress.pipeline import PlannedStage, preflight, run_or_reuse, run_pipeline, write_summary
+from compress.paths import check_output_dir
+from compress.pipeline import OUTPUT_FILES, PlannedStage, preflight, run_or_reuse, run_pipeline, write_summary
 from compress.recipe import Recipe, load_recipe
 from compress.stages import StageResult
 from pipelines import tracking
@@ -49,17 +50,24 @@ def check(
     until: str | None,
     check_data: bool = False,
     need_prefect_server: bool = False,
+    out_dir: str | Path | None = None,
 ) -> Recipe:
-    """What can fail before training: recipe, --until, model, data (files; with check_data the
-    slices too), tracking store, Prefect API (a server if need_prefect_server; see
+    """What can fail before training: recipe, --until, output folder, model, data (files; with
+    check_data the slices too), tracking store, Prefect API (a server if need_prefect_server; see
     `servers.ensure_prefect_api`)."""
     recipe = load_recipe(recipe_path, overrides)
     if until is not None:
         recipe.stage(until)
+    check_output_dir(output_dir(recipe, out_dir), ours=OUTPUT_FILES)
     preflight(recipe, check_data)
     tracking.check_tracking()
     ensure_prefect_api(need_prefect_server)
     return recipe
+
+
+def output_dir(recipe: Recipe, out_dir: str | Path | None) -> Path:
+    """--out, else artifacts/<recipe name>."""
+    return Path(out_dir) if out_dir else Path("artifacts") / recipe.name
 
 
 # Prefect's caching is off: compress.pipeline.cached_result is the cache (keyed on config,
@@ -95,8 +103,8 @@ def compress_flow(
     The final model is registered only when the whole recipe ran (not with --until an earlier
     stage): a teacher is not a champion. summary.json gets an "mlflow" block.
     """
-    recipe = check(recipe_path, overrides or [], until)
-    out = Path(out_dir) if out_dir else Path("artifacts") / recipe.name
+    recipe = check(recipe_path, overrides or [], until, out_dir=out_dir)
+    out = output_dir(recipe, out_dir)
     with tracking.pipeline_run(recipe) as parent:
         run_id = parent.info.run_id
         summary = run_pipeline(

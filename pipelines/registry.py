@@ -12,7 +12,6 @@ with tokens really dropped.
 from __future__ import annotations
 
 import logging
-import shutil
 from importlib.metadata import version
 from pathlib import Path
 
@@ -21,9 +20,12 @@ import mlflow.pyfunc
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
+from mlflow.store.artifact.utils.models import get_model_name_and_version
 from mlflow.tracking import MlflowClient
 
+from compress.artifacts import atomic_directory
 from compress.errors import UserError
+from compress.paths import check_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -156,23 +158,38 @@ def register_model(recipe, artifact_dir: Path, cache_key: str, alias: str = DEFA
 
 
 def pull_model(model_uri: str, out_dir: Path) -> Path:
-    """Download a registered model to OUT; returns the `compress` artifact directory inside it."""
-    from pipelines.tracking import use_tracking_store
+    """Download a registered model to OUT; returns the `compress` artifact directory inside it.
 
-    use_tracking_store()
-    out_dir = Path(out_dir)
-    created = not out_dir.exists()
+    The URI is resolved before anything is written; the download lands in a scratch folder
+    renamed into place, so a bad URI or a failed download leaves nothing behind.
+    """
+    from pipelines.tracking import open_existing_store
+
+    if not model_uri.startswith("models:/"):
+        raise UserError(
+            f"{model_uri[:200]}: expected a registered model, models:/NAME@ALIAS or models:/NAME/N"
+        )
+    check_output_dir(out_dir, "--out", ours=("MLmodel",))
+    uri = open_existing_store()
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(out_dir)))
+        get_model_name_and_version(MlflowClient(uri), model_uri)
     except MlflowException as error:
-        if created:
-            shutil.rmtree(out_dir, ignore_errors=True)  # write nothing on a bad URI
-        raise UserError(f"{model_uri}: {str(error).strip().splitlines()[0]}") from None
-    flavor = Model.load(str(local)).flavors.get("python_function", {})
+        raise UserError(f"{model_uri}: {_first_line(error)} (tracking store: {uri})") from None
+    out_dir = Path(out_dir)
+    with atomic_directory(out_dir, replace_if=("MLmodel",)) as scratch:
+        try:
+            mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(scratch))
+        except MlflowException as error:
+            raise UserError(f"{model_uri}: cannot download it: {_first_line(error)}") from None
+    flavor = Model.load(str(out_dir)).flavors.get("python_function", {})
     artifact = flavor.get("artifacts", {}).get(ARTIFACT_KEY)
     if artifact is None:
         raise UserError(f"{model_uri}: not an ltp-compress model (no '{ARTIFACT_KEY}' artifact)")
-    return local / artifact["path"]
+    return out_dir / artifact["path"]
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
 
 
 def evaluate_artifact(artifact_dir: Path, overrides: list[str] | None = None) -> dict:

@@ -6,7 +6,13 @@ has the HTTP probe both use and the Prefect API's check (or start, for the local
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
+import functools
+import os
+import signal
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -16,6 +22,7 @@ from pathlib import Path
 from compress.errors import UserError
 
 HEALTH_TIMEOUT_S = 2.0
+PR_SET_PDEATHSIG = 1  # prctl(2)
 START_PREFECT = "run `prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api"
 
 
@@ -70,12 +77,45 @@ def ensure_prefect_api(need_server: bool = False) -> str:
 
 def _start_local_api() -> str:
     """Start (once per process) the temporary local API that Prefect would start on first use."""
-    from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_HOME
 
     home = PREFECT_HOME.value()
     home.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(home / "local-api.lock"):
-        server = SubprocessASGIServer()  # one per process; Prefect's client reuses it
+        server = _local_api_server()  # one per process; Prefect's client reuses it
         server.start()
     return server.api_url
+
+
+def _local_api_server():
+    """Prefect's SubprocessASGIServer, its uvicorn child tied to this process: in a session of its
+    own, so a Ctrl-C to the terminal's process group reaches only us (and we stop it in order), and
+    with a parent-death signal, so it ends with us even when we are killed outright (Linux)."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    class TiedServer(SubprocessASGIServer):
+        def _run_uvicorn_command(self) -> subprocess.Popen:
+            with _tied_children():
+                return super()._run_uvicorn_command()
+
+    return TiedServer()
+
+
+@contextmanager
+def _tied_children() -> Iterator[None]:
+    """Within the block, subprocess.Popen starts children in their own session that get SIGTERM
+    when this process dies. (Prefect's server class offers no Popen options of its own.)"""
+    popen = subprocess.Popen
+    subprocess.Popen = functools.partial(popen, start_new_session=True, preexec_fn=_die_with_parent)
+    try:
+        yield
+    finally:
+        subprocess.Popen = popen
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask the kernel for SIGTERM when the parent dies (no-op off Linux)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)

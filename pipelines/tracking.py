@@ -31,8 +31,9 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from prefect.exceptions import ExternalSignal
 
-from compress.errors import UserError
+from compress.errors import Stopped, UserError
 from compress.ltp import PRUNING_FILE
 from compress.pipeline import PlannedStage
 from compress.recipe import Recipe, dump_recipe
@@ -55,10 +56,19 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
+# Stores MLflow can track to: a server, a database (SQLAlchemy dialects, e.g. postgresql+psycopg2).
+SUPPORTED_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
+
+
 def check_tracking(uri: str | None = None) -> str:
     """Fail fast, before any training, when the tracking store cannot be reached. Returns the URI."""
     uri = uri or tracking_uri()
     scheme = urlparse(uri).scheme
+    if scheme.split("+")[0] not in SUPPORTED_SCHEMES:
+        raise UserError(
+            f"MLFLOW_TRACKING_URI {uri[:200]!r}: unsupported scheme '{scheme}' "
+            f"(use one of {', '.join(SUPPORTED_SCHEMES)}; e.g. sqlite:////abs/path/mlflow.db)"
+        )
     if scheme in ("http", "https"):
         problem = probe(uri.rstrip("/") + "/health")
         if problem is not None:
@@ -81,6 +91,18 @@ def use_tracking_store() -> str:
         _open_sqlite_store(uri, path)
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+def open_existing_store() -> str:
+    """`use_tracking_store` for readers (pull, bench models:/): a SQLite store that does not exist
+    yet holds no models, and is not created just to say so."""
+    uri = tracking_uri()
+    if (path := _sqlite_path(uri)) is not None and not path.is_file():
+        raise UserError(
+            f"no model registry at {uri}: nothing has been registered yet "
+            "(run `python cli.py compress RECIPE` first, or set MLFLOW_TRACKING_URI)"
+        )
+    return use_tracking_store()
 
 
 def _open_sqlite_store(uri: str, path: Path) -> None:
@@ -156,10 +178,23 @@ def pipeline_run(recipe: Recipe) -> Iterator[mlflow.ActiveRun]:
     fail_orphaned_runs(client, experiment)
     shared = recipe.model_dump(mode="json", by_alias=True, include={"seed", "data"})
     params = {"recipe": recipe.name, "task": recipe.task, "model": recipe.model, **flatten(shared)}
-    with mlflow.start_run(experiment_id=experiment, run_name=recipe.name, tags=_process_tags()) as run:
+    with _mlflow_run(experiment_id=experiment, run_name=recipe.name, tags=_process_tags()) as run:
         client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
         client.log_text(run.info.run_id, dump_recipe(recipe), "recipe.yaml")
         yield run
+
+
+@contextmanager
+def _mlflow_run(**start_run) -> Iterator[mlflow.ActiveRun]:
+    """`mlflow.start_run`; a run stopped by a signal (Ctrl-C, SIGTERM) ends KILLED, not FAILED."""
+    run = None
+    try:
+        with mlflow.start_run(**start_run) as run:
+            yield run
+    except (Stopped, KeyboardInterrupt, ExternalSignal):  # ExternalSignal: Prefect's SIGTERM bridge
+        if run is not None:
+            MlflowClient().set_terminated(run.info.run_id, status="KILLED")
+        raise
 
 
 def log_summary(run_id: str, summary: dict, summary_path: Path) -> None:
@@ -186,7 +221,7 @@ def stage_run(parent_run_id: str | None, step: PlannedStage) -> Iterator[mlflow.
         return
     parent = MlflowClient().get_run(parent_run_id)
     tags = {**_process_tags(), "kind": step.config.kind, "cache_key": step.cache_key}
-    with mlflow.start_run(
+    with _mlflow_run(
         experiment_id=parent.info.experiment_id,
         run_name=step.config.name,
         nested=True,

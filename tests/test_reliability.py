@@ -9,6 +9,8 @@ they run in the default suite; `-m "not slow"` leaves them out.
 import json
 import os
 import signal
+import time
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -108,3 +110,81 @@ def test_a_user_mistake_found_inside_a_stage_is_one_line_without_traceback(
     assert "Traceback" not in printed
     assert "prefect.task_runs: Task run failed with exception: UserError" in printed  # raised in the task
     assert not (tmp_path / "out" / "stages" / "ltp_hard").exists()
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid` (from /proc; Linux)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended while we looked
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_to_the_process_group_ends_the_run_cleanly(tmp_path, tiny_model_dir, signum, code):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) or SIGTERM during a
+    stage: one line, exit 130 / 143, runs KILLED, no half-written stage, no process left behind."""
+    recipe = write_recipe(tmp_path, tiny_model_dir, soft_epochs=30)
+    env, out = cli_env(tmp_path), tmp_path / "out"
+    log = tmp_path / "cli.log"
+    process = start_cli(["compress", recipe, "--out", out], env, log)
+    try:
+        wait_until(lambda: "stage ltp_soft (ltp_soft): running" in log.read_text(), process, "ltp_soft", log)
+        children = descendants(process.pid)
+        assert children, "the temporary Prefect API should run as a child"
+        os.killpg(process.pid, signum)
+        process.wait(timeout=60)
+        deadline = time.monotonic() + 10
+        while any(map(alive, children)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        survivors = [pid for pid in children if alive(pid)]
+    finally:
+        end_group(process)
+    printed = log.read_text()
+    assert process.returncode == code, printed
+    name = signal.Signals(signum).name
+    errors = [line for line in printed.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: stopped by {name}; finished stages are kept and a re-run resumes"], printed
+    assert "Traceback" not in printed
+    assert survivors == [], f"left running: {survivors}"
+    assert sorted(p.name for p in (out / "stages").iterdir()) == ["finetune"]  # no scratch folder left
+    statuses = {
+        n: [r.info.status for r in runs]
+        for n, runs in runs_by_name(env["MLFLOW_TRACKING_URI"], "tiny").items()
+    }
+    assert statuses == {"tiny": ["KILLED"], "finetune": ["FINISHED"], "ltp_soft": ["KILLED"]}
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")
+def test_the_temporary_prefect_api_dies_with_a_killed_run(tmp_path, tiny_model_dir):
+    """SIGKILL to the CLI alone (nothing can clean up): its Prefect API server still ends."""
+    recipe = write_recipe(tmp_path, tiny_model_dir, soft_epochs=30)
+    env, log = cli_env(tmp_path), tmp_path / "cli.log"
+    process = start_cli(["compress", recipe, "--out", tmp_path / "out"], env, log)
+    try:
+        wait_until(lambda: "stage finetune (finetune): running" in log.read_text(), process, "finetune", log)
+        children = descendants(process.pid)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        deadline = time.monotonic() + 15
+        while any(map(alive, children)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert children and not any(map(alive, children)), log.read_text()
+    finally:
+        end_group(process)
