@@ -41,8 +41,12 @@ def load_tokenizer(name: str):
     source = resolve_model(name)
     try:
         return AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as error:
-        raise UserError(f"model '{name}': cannot load its tokenizer ({_first_line(error)})") from None
+    # The tokenizers library reports a malformed tokenizer.json as a plain Exception.
+    except Exception as error:  # noqa: BLE001 - re-raised as the user's error, with its message
+        raise UserError(
+            f"model '{name}': cannot load its tokenizer (tokenizer.json, tokenizer_config.json, vocab files): "
+            f"{_first_line(error)}"
+        ) from None
 
 
 def load_model(name: str, num_labels: int, regression: bool) -> PrunableModel:

@@ -311,3 +311,34 @@ def test_bench_of_an_artifact_with_nan_thresholds_is_one_line(tmp_path, model_di
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
     assert f"{model_dir / PRUNING_FILE}: threshold_offsets.0: Input should be a finite number" in errors[0]
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["{", "[1, 2]", json.dumps({"model": {"type": "WordPiece", "vocab": 3}})],
+    ids=["not-json", "list", "shape"],
+)
+def test_a_malformed_tokenizer_is_one_line(model_dir, content):
+    from compress.models import load_tokenizer
+
+    (model_dir / "tokenizer.json").write_text(content)
+    with pytest.raises(UserError, match=r"cannot load its tokenizer \(tokenizer.json") as caught:
+        load_tokenizer(str(model_dir))
+    assert "\n" not in str(caught.value)
+
+
+def test_ltp_hard_names_the_thresholds_file_of_another_depth(tmp_path, tiny_model_dir):
+    """thresholds from a 3-layer model for the 2-layer one: the stage names the file."""
+    from compress.recipe import LTPHardConfig
+    from compress.stages import STAGES
+    from compress.stages.base import StageInputs
+
+    thresholds = tmp_path / "thresholds"
+    thresholds.mkdir()
+    PruningSpec(threshold_offsets=[0.0, 0.0, 0.0]).save(thresholds)
+    recipe = load_recipe(write_recipe(tmp_path, tiny_model_dir))
+    config = LTPHardConfig(name="hard", kind="ltp_hard", epochs=1, thresholds=str(thresholds))
+    inputs = StageInputs(recipe, str(tiny_model_dir), tmp_path / "out")
+    with pytest.raises(UserError, match=rf"{thresholds / PRUNING_FILE}: threshold_offsets has 3 entries"):
+        STAGES["ltp_hard"](config, inputs)
+    assert not (tmp_path / "out").exists()

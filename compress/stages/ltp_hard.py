@@ -20,7 +20,7 @@ def run(config: LTPHardConfig, inputs: StageInputs) -> StageResult:
     started = time.perf_counter()
     model, tokenizer, task_data = load_inputs(inputs)
     if config.thresholds:
-        spec = PruningSpec.load(Path(config.thresholds))
+        spec = PruningSpec.load(Path(config.thresholds), model.num_layers)
         if spec is None:
             raise UserError(f"stages.{config.name}.thresholds: no pruning.json in {config.thresholds}")
         model = PrunableModel(model.hf_model, spec)  # the offsets come from the spec
