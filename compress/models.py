@@ -44,8 +44,8 @@ def load_tokenizer(name: str):
     # The tokenizers library reports a malformed tokenizer.json as a plain Exception.
     except Exception as error:  # noqa: BLE001 - re-raised as the user's error, with its message
         raise UserError(
-            f"model '{name}': cannot load its tokenizer (tokenizer.json, tokenizer_config.json, vocab files): "
-            f"{_first_line(error)}"
+            f"model '{name}': cannot load its tokenizer (tokenizer.json, tokenizer_config.json, "
+            f"vocab files): {_first_line(error)}"
         ) from None
 
 

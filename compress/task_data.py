@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from torch.utils.data import DataLoader
 
-from compress import data
+from compress import data, data_files
 from compress.errors import UserError
 from compress.recipe import Recipe
 from compress.tasks import TaskSpec, get_task
@@ -61,7 +61,7 @@ def load_examples(recipe: Recipe, need_train: bool) -> tuple[TaskSpec, dict[str,
     if recipe.task == "custom":
         if need_train and not cfg.train_file:
             raise UserError("data.train_file: task 'custom' with a training stage needs a train file")
-        splits, labels = data.load_files(
+        splits, labels = data_files.load_files(
             cfg.train_file if need_train else None,
             cfg.eval_file,
             cfg.text_column,

@@ -12,13 +12,13 @@ from compress.data import (
     LengthGroupedBatches,
     collate,
     filter_by_length,
-    load_files,
     load_glue,
     make_loader,
     resolve_data_dir,
     slice_examples,
     tokenize,
 )
+from compress.data_files import load_files
 from compress.errors import UserError
 from compress.tasks import TASKS, get_task
 
@@ -197,7 +197,7 @@ def test_every_task_loads_from_a_glue_folder(glue_dir, name):
 
 
 def test_malformed_rows_are_skipped_and_counted(glue_dir, caplog):
-    with caplog.at_level("WARNING", logger="compress.data"):
+    with caplog.at_level("WARNING", logger="compress.data_files"):
         load_glue(get_task("qqp"), glue_dir)
     assert "skipped 1 malformed rows" in caplog.text and "QQP/train.tsv" in caplog.text
 

@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 import cli
-from compress.data import load_files, load_glue
+from compress.data import load_glue
+from compress.data_files import load_files
 from compress.errors import UserError
 from compress.recipe import parse_recipe
 from compress.task_data import prepare_data
