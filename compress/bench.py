@@ -5,32 +5,44 @@ from examples sorted by length (longest first), in the same order for every vari
 
     baseline   the unpruned fine-tuned model: the plain Hugging Face forward, fp32
     pruned     the pruned float model, tokens really dropped (`compress.fast_path.PackedPruner`)
-    final      the pruned + quantised model (int8 linear layers), same fast path
+    final      the pruned + quantised model (int8 linear layers), same fast path; a final
+               artifact of ONNX Runtime (quantize `engine: onnxruntime`) runs its own graph
 
 each in eager mode and under torch.compile (dynamic shapes), on CPU (fp32; int8 for `final`) and,
-where CUDA is present, on the GPU (fp32 and bf16; int8 for `final`). Per device and batch size: a
-warm-up pass per runner (compilation included, reported apart as `compile_s`), then `rounds`
-timed passes with the runners in alternating order (on the GPU each batch ends with a sync). A
-row reports the median sequences/s over the rounds (with the slowest and fastest round), the
-p50/p90 latency of one batch over every timed batch, and GFLOPs per example from the real
-kept-token counts (`compress.flops`).
+where CUDA is present, on the GPU (fp32 and bf16; int8 for `final`); `engine` "torch". Beside them,
+`engine` "onnxruntime" (`compress.onnx_runtime`): the baseline as a user deploys it without us
+(exported, ONNX Runtime's transformer optimizer, fp32 and dynamic int8) and the pruned float model
+exported with its token dropping, fp32 and int8; on CPU and, where ONNX Runtime has the CUDA
+execution provider, on the GPU. Their batches are turned into numpy inputs before the timing;
+`export_s` is what export, optimisation, quantisation and the session's creation took.
 
-CPU rows also give `matmul_ms`: milliseconds per batch inside matrix multiplications (linear
-layers, attention matmuls; the baseline's fused SDPA kernel counts whole), from one pass under the
-profiler over up to 64 batches spread over the dev set (the same ones for every variant), and
-`matmul_speedup` compares it with the baseline's. The whole model's speed-up lies between
-`matmul_speedup` and the speed-up of everything else, so where the matmuls take most of the time
-and speed up less than the FLOPs shrink (a GEMM of a few rows runs at a lower rate than one of
-many), that is where the efficiency is lost. GPU rows of the pruned and final models give
-`attention_kernel_share`: the share of their GPU kernel time spent in the fused attention +
-importance kernel (one profiled pass).
+Per device and batch size: a warm-up pass per runner (compilation included, reported apart as
+`compile_s`), then `rounds` timed passes with all runners in alternating order (on the GPU each
+batch ends with a sync). A row reports the median sequences/s over the rounds (with the slowest and
+fastest round), the p50/p90 latency of one batch over every timed batch, and GFLOPs per example
+from the real kept-token counts (`compress.flops`). ONNX Runtime rows give `agreement`: the share
+of dev examples whose predicted class (argmax) is the torch fp32 eager model's (same variant; for
+a final model of ONNX Runtime, the pruned model's).
+
+Torch CPU rows also give `matmul_ms` (None on ONNX Runtime rows: the profiler cannot see inside
+it): milliseconds per batch inside matrix multiplications (linear layers, attention matmuls; the
+baseline's fused SDPA kernel counts whole), from one pass under the profiler over up to 64 batches
+spread over the dev set (the same ones for every variant), and `matmul_speedup` compares it with
+the baseline's. The whole model's speed-up lies between `matmul_speedup` and the speed-up of
+everything else, so where the matmuls take most of the time and speed up less than the FLOPs
+shrink (a GEMM of a few rows runs at a lower rate than one of many), that is where the efficiency
+is lost. Torch GPU rows of the pruned and final models give `attention_kernel_share`: the share of
+their GPU kernel time spent in the fused attention + importance kernel (one profiled pass).
 
 Ratios (DESIGN §3): `speedup` and `flops_reduction` are against the baseline of the same device,
 dtype, compile setting and batch size, and `efficiency` = speedup / flops_reduction. There is no
 int8 baseline: the int8 `final` rows are compared against the fp32 baseline (`baseline_dtype`
-says so), so their speedup includes what int8 brings. `speedup_vs_fp32_eager` compares every row with
-the fp32 baseline in eager mode at the same batch size (the issue's target: final, compiled,
-batch 32, >= 5x).
+says so), so their speedup includes what int8 brings. `speedup_vs_fp32_eager` compares every
+row with the fp32 baseline in eager mode at the same batch size (the issue's target: final,
+compiled, batch 32, >= 5x). ONNX Runtime rows take `speedup`, `flops_reduction` and `efficiency`
+against that torch fp32 eager baseline too. `speedup_vs_ort_int8`, on every row, compares it with
+the ONNX Runtime int8 baseline of the same device and batch size, the product's claim (None where
+ONNX Runtime did not run on that device).
 """
 
 from __future__ import annotations
@@ -39,27 +51,27 @@ import contextlib
 import copy
 import json
 import logging
-import os
-import platform
 import statistics
-import subprocess
-import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from compress import data
+from compress import data, onnx_runtime
+from compress.bench_profile import attention_kernel_share, machine_info, matmul_ms
 from compress.errors import UserError
 from compress.evaluate import model_inputs
 from compress.fast_path import PackedPruner
 from compress.flops import cost_from_config
 from compress.ltp import PRUNING_FILE, PrunableModel
 from compress.models import load_model, load_tokenizer
+from compress.onnx_model import OnnxModel
 from compress.quantize import PRECISION, QUANTIZATION_FILE
 from compress.recipe import Recipe, load_recipe
 from compress.task_data import prepare_data
@@ -82,9 +94,11 @@ class BenchSettings:
             raise UserError(f"threads and rounds must be positive (got {self.threads}, {self.rounds})")
         if not self.devices:
             self.devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
-        unknown = set(self.devices) - {"cpu", "cuda"}
-        if unknown or ("cuda" in self.devices and not torch.cuda.is_available()):
-            raise UserError(f"devices: expected cpu and/or cuda (CUDA present), got {list(self.devices)}")
+        unknown = sorted(set(self.devices) - {"cpu", "cuda"})
+        if unknown:
+            raise UserError(f"devices: unknown device {unknown[0][:40]!r} (expected cpu and/or cuda)")
+        if "cuda" in self.devices and not torch.cuda.is_available():
+            raise UserError("devices: cuda was asked for, but this machine has no CUDA GPU (use cpu)")
 
 
 @dataclass
@@ -142,16 +156,23 @@ def select_models(recipe: Recipe, chain: list[tuple[str | None, Path]], source: 
     )
 
 
+def _as_is(batch: dict) -> dict:
+    return batch
+
+
 @dataclass
 class Runner:
-    """One timed variant: batch -> (tokens entering, tokens kept) per example and layer, (B, L) each."""
+    """One timed variant: input -> logits (B, C), tokens entering and kept per example and layer (B, L)."""
 
     variant: str
     device: str
     dtype: str
     compiled: bool
     config: object  # the Hugging Face config, for GFLOPs
-    forward: Callable[[dict], tuple[torch.Tensor, torch.Tensor]]
+    forward: Callable[[object], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    engine: str = "torch"
+    prepare: Callable[[dict], object] = _as_is  # a batch to the forward's input, before the timing
+    export_s: float | None = None
 
 
 def make_runner(variant: str, model: PrunableModel, compiled: bool) -> Runner:
@@ -164,16 +185,16 @@ def make_runner(variant: str, model: PrunableModel, compiled: bool) -> Runner:
 
         @torch.inference_mode()
         def forward(batch: dict):
-            hf_model(**batch)
+            logits = hf_model(**batch).logits
             counts = batch["attention_mask"].sum(dim=1, keepdim=True).expand(-1, model.num_layers)
-            return counts, counts
+            return logits, counts, counts
 
     else:
         pruner = PackedPruner(model, compiled=compiled)
 
         def forward(batch: dict):  # inference mode inside
             out = pruner(**batch)
-            return out.tokens_in, out.tokens_kept
+            return out.logits, out.tokens_in, out.tokens_kept
 
     return Runner(variant, parameter.device.type, dtype, compiled, model.config, forward)
 
@@ -181,14 +202,61 @@ def make_runner(variant: str, model: PrunableModel, compiled: bool) -> Runner:
 _DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
-def _models_on(name: str, device: str, task) -> list[PrunableModel]:
-    """The model on `device`: as saved on CPU; on CUDA also in bf16 unless it is quantised.
+def onnx_runners(models: dict[str, PrunableModel], example: dict, settings, folder: Path) -> list[Runner]:
+    """ONNX Runtime runners of float models (baseline, pruned), fp32 and int8, on CPU and, where ONNX
+    Runtime has the CUDA execution provider, on the GPU; `example` traces the export into `folder`."""
+    devices = [d for d in settings.devices if d == "cpu" or onnx_runtime.cuda_available()]
+    if len(devices) < len(settings.devices):
+        log.warning("ONNX Runtime has no CUDA execution provider here: no ONNX Runtime rows on the GPU")
+    runners = []
+    for variant, model in models.items() if devices else ():
+        source = model if model.hf_model.device.type == "cpu" else copy.deepcopy(model).cpu()
+        if variant == "baseline" and source.spec is not None:  # unpruned, as the torch baseline runs it
+            source = PrunableModel(source.hf_model).eval()
+        started = time.perf_counter()
+        fp32 = onnx_runtime.export_onnx(source, folder / f"{variant}.onnx", example)
+        exported = time.perf_counter() - started
+        int8 = onnx_runtime.quantize_int8(fp32, folder / f"{variant}_int8.onnx")
+        quantized = time.perf_counter() - started
+        for device in devices:
+            for dtype, path, spent in (("fp32", fp32, exported), ("int8", int8, quantized)):
+                runners.append(
+                    session_runner(variant, path, model.config, dtype, device, settings.threads, spent)
+                )
+    return runners
+
+
+def session_runner(
+    variant: str, path: Path, config, dtype: str, device: str, threads: int, export_s: float = 0.0
+) -> Runner:
+    """A runner of the ONNX graph at `path` in a session of its own (`threads` intra-op threads);
+    `export_s`: what making the graph took, the session's creation added."""
+    started = time.perf_counter()
+    session = onnx_runtime.make_session(path, threads, device)
+    return Runner(
+        variant,
+        device,
+        dtype,
+        False,
+        config,
+        partial(onnx_runtime.run_session, session),
+        engine="onnxruntime",
+        prepare=partial(onnx_runtime.session_feed, session),
+        export_s=round(export_s + time.perf_counter() - started, 2),
+    )
+
+
+def _models_on(name: str, device: str, task) -> list[PrunableModel | OnnxModel]:
+    """The model on `device`: as saved on CPU; on CUDA also in bf16 unless it is quantised (an ONNX
+    Runtime artifact: on CUDA only where ONNX Runtime has its CUDA execution provider).
 
     Only the Hugging Face weights change dtype: the thresholds stay fp32, as the scores are.
     """
     model = load_model(name, task.num_labels, task.is_regression)
-    if device == "cpu":
+    if device == "cpu" or isinstance(model, OnnxModel) and onnx_runtime.cuda_available():
         return [model]
+    if isinstance(model, OnnxModel):
+        return []
     if model.int8_attention:  # torch._int_mm on CUDA wants more than 16 rows: short sequences have fewer
         log.warning("%s: int8 attention is timed on CPU only", name)
         return []
@@ -201,22 +269,44 @@ def _models_on(name: str, device: str, task) -> list[PrunableModel]:
 
 
 def run_bench(
-    baseline: str, pruned: str | None, final: str | None, recipe: Recipe, settings: BenchSettings
+    baseline: str,
+    pruned: str | None,
+    final: str | None,
+    recipe: Recipe,
+    settings: BenchSettings,
+    onnx_dir: Path | None = None,
 ) -> dict:
-    """Time the variants on the recipe's dev set; returns the bench.json payload (DESIGN §3)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(settings.threads)
-    try:
+    """Time the variants on the recipe's dev set; returns the bench.json payload (DESIGN §3).
+    The ONNX exports go to `onnx_dir` (kept), else to a temporary folder."""
+    with contextlib.ExitStack() as stack:
+        stack.callback(torch.set_num_threads, torch.get_num_threads())
+        torch.set_num_threads(settings.threads)
+        if onnx_dir is None:
+            onnx_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-onnx-")))
+        onnx_dir.mkdir(parents=True, exist_ok=True)
         task_data = prepare_data(recipe, load_tokenizer(pruned or final or baseline), need_train=False)
         task = task_data.task
         split, examples = next(iter(task_data.evals.items()))
         models = {"baseline": baseline, "pruned": pruned, "final": final}
-        runners = []
+        runners, float_models = [], {}
         for variant, name in models.items():
             for device in settings.devices if name else ():
                 for model in _models_on(name, device, task):
+                    if isinstance(model, OnnxModel):  # a final artifact of ONNX Runtime: its own graph
+                        runners.append(
+                            session_runner(
+                                variant, model.path, model.config, "int8", device, settings.threads
+                            )
+                        )
+                        continue
                     for compiled in (False, True) if settings.compile else (False,):
                         runners.append(make_runner(variant, model, compiled))
+                    if variant != "final":
+                        float_models.setdefault(variant, model)  # the first: fp32
+        example = model_inputs(
+            next(iter(data.make_loader(examples, 2, task_data.pad_token_id, False, recipe.seed)))
+        )
+        runners += onnx_runners(float_models, example, settings, onnx_dir)
         rows = []
         for batch_size in settings.batch_sizes:
             loader = data.make_loader(examples, batch_size, task_data.pad_token_id, False, recipe.seed)
@@ -224,8 +314,6 @@ def run_bench(
             for device in settings.devices:
                 on_device = [{key: value.to(device) for key, value in batch.items()} for batch in batches]
                 rows += time_runners([r for r in runners if r.device == device], on_device, settings.rounds)
-    finally:
-        torch.set_num_threads(threads)
     return {
         "machine": machine_info(settings.threads),
         "task": task.name,
@@ -251,15 +339,17 @@ def time_runners(runners: list[Runner], batches: list[dict], rounds: int) -> lis
         dynamic_ncols=True,
         leave=False,
     )
-    warmup, gflops = [], []
-    for runner in runners:
+    inputs = [[runner.prepare(batch) for batch in batches] for runner in runners]
+    warmup, gflops, predicted = [], [], []
+    for runner, inputs_ in zip(runners, inputs, strict=True):
         bar.set_postfix_str(_label(runner) + " (warm-up)")
         started = time.perf_counter()
-        counts = [runner.forward(batch) for batch in batches]
+        outputs = [runner.forward(input_) for input_ in inputs_]
         warmup.append(time.perf_counter() - started)
         bar.update()
-        tokens_in, tokens_kept = (torch.cat(c) for c in zip(*counts, strict=True))
+        logits, tokens_in, tokens_kept = (torch.cat(o) for o in zip(*outputs, strict=True))
         gflops.append(cost_from_config(runner.config, tokens_in, tokens_kept).gflops)
+        predicted.append(logits.argmax(dim=-1).cpu())
     latencies: list[list[float]] = [[] for _ in runners]
     totals: list[list[float]] = [[] for _ in runners]
     with torch.compiler.set_stance("fail_on_recompile"):  # every shape was compiled in the warm-up
@@ -267,16 +357,20 @@ def time_runners(runners: list[Runner], batches: list[dict], rounds: int) -> lis
             order = range(len(runners)) if round_ % 2 == 0 else reversed(range(len(runners)))
             for index in order:
                 bar.set_postfix_str(f"{_label(runners[index])} (round {round_ + 1})")
-                times = _time_pass(runners[index], batches)
+                times = _time_pass(runners[index], inputs[index])
                 latencies[index] += times
                 totals[index].append(sum(times))
                 bar.update()
+    agreement = _agreement(runners, predicted)
     rows = []
-    for runner, warm, flops, lat, total in zip(runners, warmup, gflops, latencies, totals, strict=True):
+    for runner, warm, flops, lat, total, agree in zip(
+        runners, warmup, gflops, latencies, totals, agreement, strict=True
+    ):
         median = statistics.median(total)
         rows.append(
             {
                 "variant": runner.variant,
+                "engine": runner.engine,
                 "device": runner.device,
                 "dtype": runner.dtype,
                 "compiled": runner.compiled,
@@ -288,10 +382,13 @@ def time_runners(runners: list[Runner], batches: list[dict], rounds: int) -> lis
                 "p90_ms": round(float(np.percentile(lat, 90)) * 1e3, 3),
                 "gflops": round(flops, 6),
                 "compile_s": round(max(warm - median, 0.0), 2) if runner.compiled else None,
+                "export_s": runner.export_s,
             }
         )
         bar.set_postfix_str(_label(runner) + " (profiled)")
-        if runner.device == "cpu":
+        if runner.engine == "onnxruntime":
+            rows[-1].update(matmul_ms=None, agreement=agree)
+        elif runner.device == "cpu":
             rows[-1]["matmul_ms"] = matmul_ms(runner, batches)
         elif runner.variant != "baseline":
             rows[-1]["attention_kernel_share"] = attention_kernel_share(runner, batches)
@@ -303,93 +400,53 @@ def time_runners(runners: list[Runner], batches: list[dict], rounds: int) -> lis
 
 
 def _label(runner: Runner) -> str:
-    return f"{runner.variant} {runner.dtype} {'compiled' if runner.compiled else 'eager'}"
+    mode = "onnxruntime" if runner.engine == "onnxruntime" else "compiled" if runner.compiled else "eager"
+    return f"{runner.variant} {runner.dtype} {mode}"
 
 
-# The profiler's cost grows with the op count: at batch 1 a full pass would take longer than the timing.
-PROFILED_BATCHES = 64
-# Matrix multiplications as the CPU profiler names them: eager and inductor's extern kernels, torchao
-# int8 (`_int_mm`), oneDNN linear layers, and PyTorch's fused attention (its softmax included).
-_CPU_MATMUL_OPS = frozenset(
-    {
-        "aten::addmm",
-        "aten::mm",
-        "aten::bmm",
-        "aten::baddbmm",
-        "aten::_int_mm",
-        "onednn::qlinear_pointwise",
-        "mkldnn::_linear_pointwise",
-        "aten::_scaled_dot_product_flash_attention_for_cpu",
+def _agreement(runners: list[Runner], predicted: list[torch.Tensor]) -> list[float | None]:
+    """Per ONNX Runtime runner: the share of examples whose argmax is that of the torch fp32 eager
+    runner of the same variant (for a final model: of the pruned one it was made from); None for
+    the others, for regression, and without such a runner."""
+    reference = {
+        r.variant: p
+        for r, p in zip(runners, predicted, strict=True)
+        if (r.engine, r.dtype, r.compiled) == ("torch", "fp32", False)
     }
-)
+    shares = []
+    for runner, labels in zip(runners, predicted, strict=True):
+        theirs = reference.get("pruned" if runner.variant == "final" else runner.variant)
+        regression = runner.config.num_labels == 1
+        useful = runner.engine == "onnxruntime" and theirs is not None and not regression
+        shares.append(round((labels == theirs).float().mean().item(), 4) if useful else None)
+    return shares
 
 
-def matmul_ms(runner: Runner, batches: list[dict]) -> float:
-    """Milliseconds per batch spent in matrix multiplications (self CPU time), from a profiled pass
-    over up to `PROFILED_BATCHES` batches spread evenly over the sorted dev set."""
-    sample = batches[:: -(-len(batches) // PROFILED_BATCHES)]
-    events = _profiled_pass(runner, sample, torch.profiler.ProfilerActivity.CPU)
-    spent = sum(e.self_cpu_time_total for e in events if e.key in _CPU_MATMUL_OPS)
-    return round(spent / 1e3 / len(sample), 4)
-
-
-def attention_kernel_share(runner: Runner, batches: list[dict]) -> float | None:
-    """Share of a pass's GPU kernel time spent in the fused attention + importance kernel
-    (`compress.varlen_attention`), from the CUDA profiler; None when the runner does not use it."""
-    events = _profiled_pass(runner, batches, torch.profiler.ProfilerActivity.CUDA)
-    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
-    fused = sum(e.self_device_time_total for e in kernels if "_attention_importance" in e.key)
-    total = sum(e.self_device_time_total for e in kernels)
-    return round(fused / total, 4) if fused else None
-
-
-def _profiled_pass(runner: Runner, batches: list[dict], activity) -> list:
-    """One pass over the batches under torch.profiler; its events averaged per op (or kernel) name."""
-    with _native_stderr_silenced(), torch.profiler.profile(activities=[activity]) as profiler:
-        for batch in batches:
-            runner.forward(batch)
-        if runner.device == "cuda":
-            torch.cuda.synchronize()
-    return profiler.key_averages()
-
-
-@contextlib.contextmanager
-def _native_stderr_silenced():
-    """File descriptor 2 to /dev/null meanwhile: torch 2.13's profiler (kineto) prints two lines to
-    it from C++ at every start and stop, which no setting turns off."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def _time_pass(runner: Runner, batches: list[dict]) -> list[float]:
+def _time_pass(runner: Runner, inputs: list) -> list[float]:
     sync = torch.cuda.synchronize if runner.device == "cuda" else lambda: None
     times = []
     sync()
-    for batch in batches:
+    for input_ in inputs:
         started = time.perf_counter()
-        runner.forward(batch)
+        runner.forward(input_)
         sync()
         times.append(time.perf_counter() - started)
     return times
 
 
 def add_ratios(rows: list[dict]) -> list[dict]:
-    """speedup, flops_reduction, efficiency (and on CPU matmul_speedup) against the baseline of the same
-    device, dtype (fp32 for int8), compile setting and batch size; speedup_vs_fp32_eager against the
-    fp32 eager baseline."""
-    key = ("device", "dtype", "compiled", "batch_size")
+    """speedup, flops_reduction, efficiency (and on CPU matmul_speedup) against the torch baseline of the
+    same device, dtype (fp32 for int8), compile setting and batch size (ONNX Runtime rows: the fp32
+    eager one); speedup_vs_fp32_eager against the torch fp32 eager baseline; speedup_vs_ort_int8
+    against the ONNX Runtime int8 baseline of the same device and batch size."""
+    key = ("engine", "device", "dtype", "compiled", "batch_size")
     baselines = {tuple(r[k] for k in key): r for r in rows if r["variant"] == "baseline"}
     for row in rows:
         dtype = row["dtype"] if row["dtype"] in _DTYPE_NAMES.values() else "fp32"
-        base = baselines[(row["device"], dtype, row["compiled"], row["batch_size"])]
-        eager = baselines[(row["device"], "fp32", False, row["batch_size"])]
+        eager = baselines[("torch", row["device"], "fp32", False, row["batch_size"])]
+        own = ("torch", row["device"], dtype, row["compiled"], row["batch_size"])
+        base = baselines[own] if row["engine"] == "torch" else eager
+        peer = baselines.get(("onnxruntime", row["device"], "int8", False, row["batch_size"]))
         speedup = row["seq_per_s"] / base["seq_per_s"]
         reduction = base["gflops"] / row["gflops"]
         row.update(
@@ -398,6 +455,7 @@ def add_ratios(rows: list[dict]) -> list[dict]:
             flops_reduction=round(reduction, 4),
             efficiency=round(speedup / reduction, 4),
             speedup_vs_fp32_eager=round(row["seq_per_s"] / eager["seq_per_s"], 4),
+            speedup_vs_ort_int8=round(row["seq_per_s"] / peer["seq_per_s"], 4) if peer else None,
         )
         if row.get("matmul_ms") and base.get("matmul_ms"):
             row["matmul_speedup"] = round(base["matmul_ms"] / row["matmul_ms"], 4)
@@ -405,35 +463,8 @@ def add_ratios(rows: list[dict]) -> list[dict]:
 
 
 def _describe(row: dict) -> str:
-    mode = "compiled" if row["compiled"] else "eager"
+    mode = "onnxruntime" if row["engine"] == "onnxruntime" else "compiled" if row["compiled"] else "eager"
     return (
         f"{row['variant']} {row['device']} {row['dtype']} {mode} batch {row['batch_size']}: "
         f"{row['seq_per_s']:.1f} seq/s, p50 {row['p50_ms']:.2f} ms, {row['gflops']:.3f} GFLOPs"
     )
-
-
-def machine_info(threads: int) -> dict:
-    """The CPU model (lscpu), the thread count used, the GPU name or None; library versions."""
-    import torchao
-    import transformers
-
-    return {
-        "cpu": _cpu_name(),
-        "threads": threads,
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "torch": torch.__version__,
-        "torchao": torchao.__version__,
-        "transformers": transformers.__version__,
-    }
-
-
-def _cpu_name() -> str:
-    try:
-        output = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or platform.machine()
-    for line in output.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "Model name":
-            return value.strip()
-    return platform.processor() or platform.machine()

@@ -10,6 +10,7 @@ COLUMNS = (
     ("variant", "variant", "{}"),
     ("device", "device", "{}"),
     ("dtype", "dtype", "{}"),
+    ("engine", "engine", "{}"),
     ("compiled", "compiled", "{}"),
     ("batch_size", "batch", "{}"),
     ("seq_per_s", "seq/s", "{:.1f}"),
@@ -20,12 +21,16 @@ COLUMNS = (
     ("flops_reduction", "FLOPs red.", "{:.2f}x"),
     ("efficiency", "efficiency", "{:.2f}"),
     ("speedup_vs_fp32_eager", "vs fp32 eager", "{:.2f}x"),
-    ("matmul_speedup", "matmul speedup", "{:.2f}x"),  # CPU rows only
+    ("speedup_vs_ort_int8", "vs ORT int8", "{:.2f}x"),  # the product's claim: against ONNX Runtime int8
+    ("matmul_speedup", "matmul speedup", "{:.2f}x"),  # torch CPU rows only
+    ("agreement", "agreement", "{:.3f}"),  # ONNX Runtime rows: argmax as the torch fp32 model's
 )
+LINE_STYLES = {"eager": "--", "compiled": "-", "onnxruntime": ":"}
+MARKERS = {"bf16": "s", "int8": "^"}  # fp32: "o"
 
 
 def markdown_table(result: dict) -> str:
-    """One row per variant, compile setting and batch size; ratios against the fp32 baseline."""
+    """One row per variant, engine, compile setting and batch size; ratios against the fp32 baseline."""
     machine = result["machine"]
     lines = [
         f"{result['task']} {result['split']}, {result['examples']} examples; {machine['cpu']}, "
@@ -41,7 +46,8 @@ def markdown_table(result: dict) -> str:
 
 
 def plot_throughput(result: dict, path: Path) -> None:
-    """Sequences/s against batch size: a panel per device, a line per variant, dtype and compile setting."""
+    """Sequences/s against batch size: a panel per device, a line per variant, dtype and mode (torch
+    eager or compiled, ONNX Runtime)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,16 +61,16 @@ def plot_throughput(result: dict, path: Path) -> None:
         lines: dict[tuple, list[dict]] = {}
         for row in result["results"]:
             if row["device"] == device:
-                lines.setdefault((row["variant"], row["dtype"], row["compiled"]), []).append(row)
-        for (variant, dtype, compiled), rows in lines.items():
+                lines.setdefault((row["variant"], row["dtype"], _mode(row)), []).append(row)
+        for (variant, dtype, mode), rows in lines.items():
             rows = sorted(rows, key=lambda r: r["batch_size"])
             ax.plot(
                 [r["batch_size"] for r in rows],
                 [r["seq_per_s"] for r in rows],
-                marker="s" if dtype == "bf16" else "o",
+                marker=MARKERS.get(dtype, "o"),
                 color=colors[variant],
-                linestyle="-" if compiled else "--",
-                label=f"{variant} {dtype} {'compiled' if compiled else 'eager'}",
+                linestyle=LINE_STYLES[mode],
+                label=f"{variant} {dtype} {mode}",
             )
         ax.set_xscale("log", base=2)
         ax.set_xticks(sizes, [str(size) for size in sizes])
@@ -78,6 +84,12 @@ def plot_throughput(result: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _mode(row: dict) -> str:
+    if row.get("engine") == "onnxruntime":
+        return "onnxruntime"
+    return "compiled" if row["compiled"] else "eager"
 
 
 def write_report(result: dict, out_dir: Path) -> dict[str, Path]:

@@ -9,7 +9,7 @@ import yaml
 import cli
 from compress import varlen_attention
 from compress.artifacts import save_model
-from compress.bench import BenchSettings, resolve_target, run_bench
+from compress.bench import BenchSettings, add_ratios, resolve_target, run_bench
 from compress.bench_report import markdown_table, write_report
 from compress.errors import UserError
 from compress.fast_path import PackedPruner, fuse_qkv
@@ -22,6 +22,7 @@ from tests.test_ltp import PRUNING, batch_with_mixed_lengths, tiny_model
 
 CONTRACT = {
     "variant",
+    "engine",
     "device",
     "dtype",
     "compiled",
@@ -33,6 +34,7 @@ CONTRACT = {
     "speedup",
     "flops_reduction",
     "efficiency",
+    "speedup_vs_ort_int8",
 }
 TOPK = PruningSpec(method="topk", max_length=16, keep_ratios=[1.0, 0.6, 0.3])
 
@@ -131,38 +133,77 @@ def test_bench_json_keeps_the_contract(bench_models, tiny_model_dir, real_glue_d
     assert {"cpu", "threads", "gpu"} <= set(result["machine"]) and result["machine"]["threads"] == 1
     assert result["examples"] == 12
     rows = result["results"]
-    assert [(r["variant"], r["batch_size"]) for r in rows] == [
-        (variant, size) for size in (1, 4) for variant in ("baseline", "pruned", "final")
+    torch_rows = [("baseline", "torch", "fp32"), ("pruned", "torch", "fp32"), ("final", "torch", "int8")]
+    ort_rows = [(v, "onnxruntime", d) for v in ("baseline", "pruned") for d in ("fp32", "int8")]
+    assert [(r["variant"], r["engine"], r["dtype"], r["batch_size"]) for r in rows] == [
+        (*kind, size) for size in (1, 4) for kind in torch_rows + ort_rows
     ]
     for row in rows:
         assert CONTRACT <= set(row), CONTRACT - set(row)
         assert row["device"] == "cpu" and row["compiled"] is False
-        assert row["dtype"] == ("int8" if row["variant"] == "final" else "fp32")
         assert row["seq_per_s"] > 0 and 0 < row["p50_ms"] <= row["p90_ms"]
         assert row["efficiency"] == pytest.approx(row["speedup"] / row["flops_reduction"], rel=1e-3)
         assert row["speedup_vs_fp32_eager"] == row["speedup"]  # eager rows: the same baseline
+        same = [r for r in rows if r["batch_size"] == row["batch_size"] and r["variant"] == "baseline"]
+        base, peer = same[0], same[-1]  # torch fp32, ONNX Runtime int8
+        assert row["speedup_vs_ort_int8"] == pytest.approx(row["seq_per_s"] / peer["seq_per_s"], rel=1e-3)
         if row["variant"] == "baseline":
-            assert row["speedup"] == row["flops_reduction"] == row["matmul_speedup"] == 1.0
+            assert row["flops_reduction"] == 1.0
         else:
             assert row["flops_reduction"] > 1.1, "the pruned models should drop tokens"
-        base = next(r for r in rows if r["variant"] == "baseline" and r["batch_size"] == row["batch_size"])
+        if row["engine"] == "onnxruntime":
+            assert row["matmul_ms"] is None and row["export_s"] > 0 and row["compile_s"] is None
+            assert row["agreement"] >= (1.0 if row["dtype"] == "fp32" else 0.75)
+            continue
+        assert row["export_s"] is None
         assert row["matmul_ms"] > 0, "the profiled pass should see the linear layers"
         assert row["matmul_speedup"] == pytest.approx(base["matmul_ms"] / row["matmul_ms"], rel=1e-3)
+    for size in (1, 4):  # the fp32 graphs keep the tokens the torch models keep
+        fp32 = [r for r in rows if r["batch_size"] == size and r["dtype"] == "fp32"]
+        gflops = {(r["variant"], r["engine"]): r["gflops"] for r in fp32}
+        assert gflops["baseline", "onnxruntime"] == gflops["baseline", "torch"]
+        assert gflops["pruned", "onnxruntime"] == gflops["pruned", "torch"]
     paths = write_report(result, tmp_path / "out")
     assert json.loads(paths["json"].read_text()) == result
     assert paths["md"].read_text().count("\n| ") == len(rows) + 1  # header + one line per row
     assert paths["png"].stat().st_size > 0
 
 
+def test_ratios_of_onnx_runtime_rows_and_devices_without_it():
+    def row(variant, engine, device, dtype, compiled, seq_per_s, gflops):
+        kind = {"variant": variant, "engine": engine, "device": device, "dtype": dtype, "compiled": compiled}
+        return kind | {"batch_size": 8, "seq_per_s": seq_per_s, "gflops": gflops}
+
+    rows = add_ratios(
+        [
+            row("baseline", "torch", "cpu", "fp32", False, 100.0, 2.0),
+            row("baseline", "torch", "cpu", "fp32", True, 150.0, 2.0),
+            row("baseline", "onnxruntime", "cpu", "int8", False, 300.0, 2.0),
+            row("pruned", "onnxruntime", "cpu", "int8", False, 450.0, 1.0),
+            row("baseline", "torch", "cuda", "fp32", False, 1000.0, 2.0),  # no ONNX Runtime on the GPU
+        ]
+    )
+    assert [r["speedup_vs_ort_int8"] for r in rows] == [0.3333, 0.5, 1.0, 1.5, None]
+    ort_pruned = rows[3]  # against the torch fp32 eager baseline, not the compiled one
+    assert (ort_pruned["speedup"], ort_pruned["flops_reduction"], ort_pruned["efficiency"]) == (
+        4.5,
+        2.0,
+        2.25,
+    )
+    assert rows[1]["speedup"] == 1.0 and rows[1]["speedup_vs_fp32_eager"] == 1.5
+
+
 def test_markdown_table_marks_what_a_row_does_not_measure():
-    row = {"variant": "pruned", "device": "cuda", "dtype": "bf16", "compiled": True, "batch_size": 8}
-    row |= {"seq_per_s": 100.0, "p50_ms": 1.0, "p90_ms": 2.0, "gflops": 0.5, "speedup": 1.8}
+    row = {"variant": "pruned", "engine": "torch", "device": "cuda", "dtype": "bf16", "compiled": True}
+    row |= {"batch_size": 8, "seq_per_s": 100.0, "p50_ms": 1.0, "p90_ms": 2.0, "gflops": 0.5, "speedup": 1.8}
     row |= {"flops_reduction": 2.0, "efficiency": 0.9, "speedup_vs_fp32_eager": 3.0}  # no matmul_ms on GPU
+    row |= {"speedup_vs_ort_int8": None}  # no ONNX Runtime on this GPU
     machine = {"cpu": "x", "threads": 2, "gpu": "H100"}
     table = markdown_table(
         {"task": "sst2", "split": "validation", "examples": 8, "machine": machine, "results": [row]}
     )
-    assert table.splitlines()[-1].endswith("| 1.80x | 2.00x | 0.90 | 3.00x | - |")
+    assert table.splitlines()[-1].startswith("| pruned | cuda | bf16 | torch | True |")
+    assert table.splitlines()[-1].endswith("| 1.80x | 2.00x | 0.90 | 3.00x | - | - | - |")
 
 
 def stage_dir(folder, pruned=False, quantized=False):
