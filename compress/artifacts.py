@@ -23,7 +23,8 @@ from safetensors import SafetensorError
 
 from compress.errors import UserError, read_json_as
 from compress.ltp import PrunableModel
-from compress.quantize import save_quantized
+from compress.onnx_model import OnnxModel
+from compress.quantize import SavedQuantization, save_quantized, write_quantization
 
 RESULT_FILE = "result.json"  # written last: its presence marks a complete artifact
 # What a full, read-only or forbidden disk raises: the user's to fix, not a bug.
@@ -81,9 +82,14 @@ def _replaceable(directory: Path, markers: tuple[str, ...]) -> bool:
     return not any(directory.iterdir()) or any((directory / name).is_file() for name in markers)
 
 
-def save_model(model: PrunableModel, tokenizer, directory: Path) -> None:
+def save_model(model: PrunableModel | OnnxModel, tokenizer, directory: Path) -> None:
     """Hugging Face weights (safetensors; torchao-flattened when quantised) + tokenizer +
-    pruning.json when the model prunes."""
+    pruning.json when the model prunes; for a model run by ONNX Runtime its graph instead."""
+    if isinstance(model, OnnxModel):
+        model.save(directory)
+        write_quantization(directory, SavedQuantization(scheme=model.quantization, engine="onnxruntime"))
+        tokenizer.save_pretrained(directory)
+        return
     if model.quantization:
         save_quantized(model.hf_model, model.quantization, directory, model.int8_attention)
     else:

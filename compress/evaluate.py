@@ -43,7 +43,7 @@ def model_inputs(batch: dict) -> dict:
 def predict(model: PrunableModel, loader: DataLoader, mode: Mode):
     """Logits, labels and token counts over a loader, in loader order."""
     model.eval()
-    device = next(model.hf_model.parameters()).device  # CUDA for int4 weight-only models
+    device = model.device
     logits, labels, tokens_in, tokens_kept = [], [], [], []
     for batch in loader:
         out = model(**{k: v.to(device) for k, v in model_inputs(batch).items()}, mode=mode)

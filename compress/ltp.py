@@ -200,6 +200,10 @@ class PrunableModel(nn.Module):
     def num_layers(self) -> int:
         return self.hf_model.config.num_hidden_layers
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf_model.parameters()).device  # CUDA for int4 weight-only models
+
     def thresholds(self) -> torch.Tensor:
         """theta_l = theta_final * l / L + delta_l, and theta_0 = 0 (the first layer prunes nothing)."""
         layers = torch.arange(self.num_layers, dtype=torch.float32, device=self.threshold_offsets.device)

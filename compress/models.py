@@ -15,6 +15,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from compress.errors import UserError
 from compress.ltp import PrunableModel, PruningSpec
+from compress.onnx_model import OnnxModel, load_onnx_model
 from compress.paths import user_path
 from compress.quantize import WEIGHTS_FILE, load_quantized, saved_quantization
 
@@ -49,7 +50,7 @@ def load_tokenizer(name: str):
         ) from None
 
 
-def load_model(name: str, num_labels: int, regression: bool) -> PrunableModel:
+def load_model(name: str, num_labels: int, regression: bool) -> PrunableModel | OnnxModel:
     """A sequence classifier for the task, wrapped for pruning; an artifact brings its pruning spec.
 
     A pretrained encoder without a head (like MiniLM) gets a freshly initialised one. A quantised
@@ -62,6 +63,8 @@ def load_model(name: str, num_labels: int, regression: bool) -> PrunableModel:
     with _quiet_transformers():  # "newly initialized head" is expected here
         config = _load_config(name, source, num_labels, regression)
         spec = PruningSpec.load(directory, config.num_hidden_layers) if directory else None
+        if quantization and quantization.engine == "onnxruntime":
+            return load_onnx_model(directory, config, spec, quantization.scheme)
         if quantization:
             float_model = AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
             hf_model = load_quantized(directory, float_model, quantization.scheme)

@@ -61,6 +61,7 @@ from torchao.quantization.qat.linear import FakeQuantizedLinear  # noqa: E402
 QUANTIZATION_FILE = "quantization.json"
 WEIGHTS_FILE = "model.safetensors"
 Scheme = Literal["int8_dynamic", "qat_int8", "int8_weight_only", "int4_weight_only"]
+Engine = Literal["torchao", "onnxruntime"]  # what runs the quantised model
 
 # Bits of the linear layers' operands per scheme. The attention matmuls (QK^T, AV) multiply two
 # activations and stay in float (32 bits on CPU) unless the quantize stage sets attention: int8.
@@ -127,6 +128,7 @@ class SavedQuantization(BaseModel):
 
     scheme: Scheme
     int8_attention: bool = False  # QK^T and AV in int8
+    engine: Engine = "torchao"  # onnxruntime: the artifact is model.onnx (`compress.onnx_model`)
 
 
 def _cpu_state(hf_model: nn.Module) -> dict[str, torch.Tensor]:
@@ -141,8 +143,11 @@ def save_quantized(hf_model: nn.Module, scheme: str, directory: Path, int8_atten
     hf_model.config.save_pretrained(directory)
     tensors, metadata = flatten_tensor_state_dict(_cpu_state(hf_model))
     save_file(tensors, directory / WEIGHTS_FILE, metadata=metadata)
-    saved = SavedQuantization(scheme=scheme, int8_attention=int8_attention)
-    (directory / QUANTIZATION_FILE).write_text(saved.model_dump_json(indent=2) + "\n")
+    write_quantization(directory, SavedQuantization(scheme=scheme, int8_attention=int8_attention))
+
+
+def write_quantization(directory: Path, saved: SavedQuantization) -> None:
+    (Path(directory) / QUANTIZATION_FILE).write_text(saved.model_dump_json(indent=2) + "\n")
 
 
 def saved_quantization(directory: Path) -> SavedQuantization | None:

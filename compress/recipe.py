@@ -134,6 +134,8 @@ class QuantizeConfig(StageBase):
     kind: Literal["quantize"]
     scheme: Literal["int8_dynamic", "int8_weight_only", "int4_weight_only", "qat_int8"] = "int8_dynamic"
     attention: Literal["float", "int8"] = "float"  # QK^T and AV; int8 needs pruning and int8 activations
+    # torchao: torch runs it; onnxruntime: the pruned model exported to ONNX, int8 by ONNX Runtime
+    engine: Literal["torchao", "onnxruntime"] = "torchao"
     eval_batch_size: int = Field(128, ge=1)
 
 
@@ -226,6 +228,15 @@ def check_pipeline(recipe: Recipe) -> None:
             raise ValueError(
                 f"stages.{stage.name}.attention: int8 attention needs int8 activations "
                 f"(scheme {' or '.join(INT8_ACTIVATIONS)}, not {stage.scheme})"
+            )
+        if (
+            stage.kind == "quantize"
+            and stage.engine == "onnxruntime"
+            and (stage.scheme not in INT8_ACTIVATIONS or stage.attention == "int8")
+        ):
+            raise ValueError(
+                f"stages.{stage.name}.engine: onnxruntime runs int8 linear layers with float attention "
+                f"(scheme {' or '.join(INT8_ACTIVATIONS)}, attention: float)"
             )
         qat_trained = qat_trained or getattr(stage, "qat", False)
         if stage.kind == "ltp_hard" and "ltp_soft" not in seen and not stage.thresholds:

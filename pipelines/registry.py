@@ -38,6 +38,7 @@ REQUIREMENTS = (
     "torchao",
     "transformers",
     "safetensors",
+    "onnxruntime",  # runs a final artifact of engine onnxruntime
     "numpy",
     "pandas",
     "pydantic",

@@ -3,8 +3,9 @@
 The models come from the recipe's earlier stages (`compress.bench.select_models`); bench.json,
 bench.md and bench.png land in the stage's artifact directory. The stage reports the metrics,
 GFLOPs and BOPs of the model it follows (it trains nothing), so the summary's final row stays the
-final model's; `speedup_*` metrics are the compiled pruned-vs-baseline and final-vs-fp32-eager
-ratios at each batch size (compiled rows; eager ones with `compile: false`).
+final model's; `speedup_*` metrics are the pruned-vs-baseline, final-vs-fp32-eager and
+final-vs-ONNX-Runtime-int8 ratios at each batch size (compiled torch rows; eager ones with
+`compile: false`).
 """
 
 from __future__ import annotations
@@ -20,16 +21,19 @@ from compress.stages.base import StageInputs, StageResult
 
 
 def headline_ratios(bench: dict, compiled: bool) -> dict[str, float]:
-    """Pruned speed-up over the baseline and final over the fp32 eager baseline, per batch size."""
+    """Per batch size: the torch pruned model's speed-up over the baseline, and the final model's
+    over the fp32 eager baseline and over ONNX Runtime int8 of the unpruned model (torch rows of
+    the compile setting; a final model of ONNX Runtime whatever it)."""
     ratios = {}
     for row in bench["results"]:
-        if row["compiled"] != compiled:
-            continue
-        if row["variant"] == "pruned":
-            ratios[f"speedup_pruned_b{row['batch_size']}"] = row["speedup"]
-            ratios[f"efficiency_pruned_b{row['batch_size']}"] = row["efficiency"]
-        elif row["variant"] == "final":
-            ratios[f"speedup_final_vs_fp32_eager_b{row['batch_size']}"] = row["speedup_vs_fp32_eager"]
+        batch, torch_row = row["batch_size"], row["engine"] == "torch" and row["compiled"] == compiled
+        if row["variant"] == "pruned" and torch_row:
+            ratios[f"speedup_pruned_b{batch}"] = row["speedup"]
+            ratios[f"efficiency_pruned_b{batch}"] = row["efficiency"]
+        elif row["variant"] == "final" and (torch_row or row["engine"] == "onnxruntime"):
+            ratios[f"speedup_final_vs_fp32_eager_b{batch}"] = row["speedup_vs_fp32_eager"]
+            if row["speedup_vs_ort_int8"] is not None:
+                ratios[f"speedup_final_vs_ort_int8_b{batch}"] = row["speedup_vs_ort_int8"]
     return ratios
 
 

@@ -1,20 +1,30 @@
-"""Stage `quantize`: torchao quantisation of the encoder's linear layers, then a dev-set evaluation.
+"""Stage `quantize`: int8 linear layers, then a dev-set evaluation of the quantised model.
 
-The input keeps pruning: thresholds and token dropping run on the quantised model. With
-`attention: int8` the attention matmuls (QK^T, AV) run in int8 too (`compress.int8_attention`);
-otherwise they stay in float. BOPs use the operand bits the matmuls really run in
-(`compress.quantize.precision`).
+`engine: torchao` quantises the encoder's linear layers in torch; `engine: onnxruntime` exports the
+pruned float model to ONNX (tokens really dropped inside the graph) and quantises it with ONNX
+Runtime, whose int8 kernels run it without Python in the loop (`compress.onnx_runtime`). Either
+way the input keeps pruning: thresholds and token dropping run on the quantised model. With
+`attention: int8` (torchao only) the attention matmuls (QK^T, AV) run in int8 too
+(`compress.int8_attention`); otherwise they stay in float. BOPs use the operand bits the matmuls
+really run in (`compress.quantize.precision`).
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 
 from compress.errors import UserError
+from compress.evaluate import model_inputs
+from compress.ltp import PrunableModel
+from compress.onnx_model import ONNX_FILE, OnnxModel
+from compress.onnx_runtime import export_onnx, quantize_int8
 from compress.quantize import precision, quantize_encoder
 from compress.recipe import QuantizeConfig
 from compress.stages.base import StageInputs, StageResult
 from compress.stages.common import evaluator, load_inputs, save_stage
+from compress.task_data import TaskData
 
 
 def run(config: QuantizeConfig, inputs: StageInputs) -> StageResult:
@@ -25,9 +35,25 @@ def run(config: QuantizeConfig, inputs: StageInputs) -> StageResult:
             f"stages.{config.name}.attention: int8 attention runs in the pruning forward, and the input "
             "model does not prune (put ltp_hard or topk before it, or use attention: float)"
         )
+    bits = precision(config.scheme, config.attention == "int8")
+    if config.engine == "onnxruntime":
+        with tempfile.TemporaryDirectory() as scratch:  # the graph lives here until the artifact is saved
+            onnx_model = quantize_for_onnxruntime(model, task_data, Path(scratch), config.scheme)
+            evaluation = evaluator(task_data, config.eval_batch_size, "drop")(onnx_model)
+            return save_stage(
+                inputs, config, onnx_model, tokenizer, task_data, evaluation, started, precision=bits
+            )
     quantize_encoder(model.hf_model, config.scheme)
     model.quantization = config.scheme
     model.int8_attention = config.attention == "int8"
     evaluation = evaluator(task_data, config.eval_batch_size, "off" if model.spec is None else "drop")(model)
-    bits = precision(config.scheme, model.int8_attention)
     return save_stage(inputs, config, model, tokenizer, task_data, evaluation, started, precision=bits)
+
+
+def quantize_for_onnxruntime(
+    model: PrunableModel, task_data: TaskData, folder: Path, scheme: str
+) -> OnnxModel:
+    """The float model exported to ONNX (traced on a dev batch), int8 by ONNX Runtime, in a session."""
+    example = next(iter(next(iter(task_data.eval_loaders(8).values()))))
+    exported = export_onnx(model, folder / "fp32.onnx", model_inputs(example))
+    return OnnxModel(quantize_int8(exported, folder / ONNX_FILE), model.config, model.spec, scheme)
