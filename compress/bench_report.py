@@ -45,6 +45,43 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The rows a user compares (DESIGN §5), as (variant, engine, dtype, compiled); every final row too.
+ORT_PEER = ("baseline", "onnxruntime", "int8", False)  # what a user deploys without us
+PEERS = {
+    ("baseline", "torch", "fp32", False): "HF fp32 eager",
+    ORT_PEER: "ORT int8, unpruned",
+    ("pruned", "torch", "fp32", False): "pruned fp32 eager",
+    ("pruned", "onnxruntime", "int8", False): "pruned, ORT int8",
+}
+
+
+def peer_table(result: dict, device: str = "cpu") -> str:
+    """Per batch size: sequences/s and p50 of the models a user compares, as multiples of ONNX
+    Runtime int8 of the unpruned model, beside the bar: 0.9 x the FLOPs reduction."""
+    rows = [r for r in result["results"] if r["device"] == device]
+    lines = [
+        "| batch | model | seq/s | p50 ms | GFLOPs | vs ORT int8 | bar: 0.9 x FLOPs red. | vs HF fp32 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in sorted(rows, key=lambda r: r["batch_size"]):
+        if _key(row) not in PEERS and row["variant"] != "final":
+            continue
+        title = PEERS.get(_key(row)) or f"final, {_mode(row)} {row['dtype']}"
+        peer = next((r for r in rows if r["batch_size"] == row["batch_size"] and _key(r) == ORT_PEER), None)
+        versus = row.get("speedup_vs_ort_int8")
+        bar = f"{0.9 * peer['gflops'] / row['gflops']:.2f}x" if peer else "-"
+        lines.append(
+            f"| {row['batch_size']} | {title} | {row['seq_per_s']:.1f} | {row['p50_ms']:.2f} | "
+            f"{row['gflops']:.3f} | {'-' if versus is None else f'{versus:.2f}x'} | {bar} | "
+            f"{row['speedup_vs_fp32_eager']:.2f}x |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _key(row: dict) -> tuple:
+    return row["variant"], row["engine"], row["dtype"], row["compiled"]
+
+
 def plot_throughput(result: dict, path: Path) -> None:
     """Sequences/s against batch size: a panel per device, a line per variant, dtype and mode (torch
     eager or compiled, ONNX Runtime)."""
@@ -97,6 +134,6 @@ def write_report(result: dict, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {name: out_dir / f"bench.{name}" for name in ("json", "md", "png")}
     write_json(paths["json"], result)
-    paths["md"].write_text(markdown_table(result))
+    paths["md"].write_text(markdown_table(result) + "\nAgainst ONNX Runtime (CPU):\n\n" + peer_table(result))
     plot_throughput(result, paths["png"])
     return paths

@@ -10,7 +10,7 @@ import cli
 from compress import varlen_attention
 from compress.artifacts import save_model
 from compress.bench import BenchSettings, add_ratios, resolve_target, run_bench
-from compress.bench_report import markdown_table, write_report
+from compress.bench_report import markdown_table, peer_table, write_report
 from compress.errors import UserError
 from compress.fast_path import PackedPruner, fuse_qkv
 from compress.ltp import PrunableModel, PruningSpec
@@ -165,7 +165,10 @@ def test_bench_json_keeps_the_contract(bench_models, tiny_model_dir, real_glue_d
         assert gflops["pruned", "onnxruntime"] == gflops["pruned", "torch"]
     paths = write_report(result, tmp_path / "out")
     assert json.loads(paths["json"].read_text()) == result
-    assert paths["md"].read_text().count("\n| ") == len(rows) + 1  # header + one line per row
+    table, peers = paths["md"].read_text().split("Against ONNX Runtime (CPU):")
+    assert table.count("\n| ") == len(rows) + 1  # header + one line per row
+    # per batch size: HF eager, ORT int8, pruned eager, pruned ORT int8, and the torch int8 final
+    assert peers.count("\n| ") == 1 + 2 * 5 and "| 4 | final, eager int8 |" in peers
     assert paths["png"].stat().st_size > 0
 
 
@@ -191,6 +194,15 @@ def test_ratios_of_onnx_runtime_rows_and_devices_without_it():
         2.25,
     )
     assert rows[1]["speedup"] == 1.0 and rows[1]["speedup_vs_fp32_eager"] == 1.5
+    for entry in rows:
+        entry.update(p50_ms=1.0)
+    lines = peer_table({"results": rows}).splitlines()
+    # the bar: 0.9 x the FLOPs reduction against ORT int8 (2.0 / 1.0 GFLOPs)
+    assert lines[2:] == [
+        "| 8 | HF fp32 eager | 100.0 | 1.00 | 2.000 | 0.33x | 0.90x | 1.00x |",
+        "| 8 | ORT int8, unpruned | 300.0 | 1.00 | 2.000 | 1.00x | 0.90x | 3.00x |",
+        "| 8 | pruned, ORT int8 | 450.0 | 1.00 | 1.000 | 1.50x | 1.80x | 4.50x |",
+    ]
 
 
 def test_markdown_table_marks_what_a_row_does_not_measure():
