@@ -112,3 +112,29 @@ def test_bench_times_the_onnx_final_beside_its_peers(chain):
         "speedup_final_vs_fp32_eager_b4",
         "speedup_pruned_b1",
     }
+
+
+def test_the_registered_pyfunc_model_serves_the_onnx_graph(chain, tmp_path, monkeypatch):
+    """Registered from the artifact (as the flow does), loaded back by MLflow: predictions come
+    from the ONNX Runtime session, and match the artifact's own."""
+    import mlflow
+    import mlflow.pyfunc
+
+    from compress.artifacts import read_result
+    from pipelines.registry import register_model
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    out, recipe, _ = chain
+    artifact = out / "stages" / "int8"
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with mlflow.start_run():
+        uri = register_model(recipe, artifact, read_result(artifact)["cache_key"])
+    served = mlflow.pyfunc.load_model(uri)
+    texts = ["good film great acting", "dull awful plot", "fine movie"]
+    labels = served.predict(texts)
+    model = served.unwrap_python_model()._model
+    assert isinstance(model, OnnxModel) and len(labels) == 3 and set(labels) <= {"0", "1"}
+    tokenizer = load_tokenizer(str(artifact))
+    encoded = tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
+    direct = load_model(str(artifact), num_labels=2, regression=False)(**encoded).logits.argmax(-1)
+    assert labels == [str(i) for i in direct.tolist()]
