@@ -129,14 +129,22 @@ class DistillConfig(TrainingConfig):
 
 
 class QuantizeConfig(StageBase):
-    """torchao post-training quantisation of the encoder's linear layers (no training)."""
+    """Post-training int8 of the encoder's linear layers (no training), by torchao or ONNX Runtime."""
 
     kind: Literal["quantize"]
     scheme: Literal["int8_dynamic", "int8_weight_only", "int4_weight_only", "qat_int8"] = "int8_dynamic"
     attention: Literal["float", "int8"] = "float"  # QK^T and AV; int8 needs pruning and int8 activations
-    # torchao: torch runs it; onnxruntime: the pruned model exported to ONNX, int8 by ONNX Runtime
-    engine: Literal["torchao", "onnxruntime"] = "torchao"
+    # torchao: torch runs it; onnxruntime: the pruned model exported to ONNX, int8 by ONNX Runtime.
+    # Default: onnxruntime (the fast one on CPU) where it runs the scheme, else torchao.
+    engine: Literal["torchao", "onnxruntime"] | None = None
     eval_batch_size: int = Field(128, ge=1)
+
+    @model_validator(mode="after")
+    def _default_engine(self) -> QuantizeConfig:
+        if self.engine is None:
+            ort_can = self.scheme in INT8_ACTIVATIONS and self.attention == "float"
+            self.engine = "onnxruntime" if ort_can else "torchao"
+        return self
 
 
 class BenchmarkConfig(StageBase):

@@ -1,7 +1,8 @@
 """Orchestration: the Prefect flow, MLflow runs and registry, `pull`, and the layering rule.
 
-One flow run (tiny random BERT, 64 SST-2 training examples, finetune -> ltp_soft -> int8) under a
-Prefect test harness and a SQLite MLflow store in a temp dir is shared by the tests below.
+One flow run (tiny random BERT, 64 SST-2 training examples, finetune -> ltp_soft -> int8, an ONNX
+Runtime graph by the default engine) under a Prefect test harness and a SQLite MLflow store in a
+temp dir is shared by the tests below.
 """
 
 import ast
@@ -188,7 +189,7 @@ def test_pull_downloads_and_evaluates_the_champion(tracked, capsys):
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert (out / "MLmodel").is_file()
-    assert list(out.glob("artifacts/*/model.safetensors")) and list(out.glob("artifacts/*/pruning.json"))
+    assert list(out.glob("artifacts/*/model.onnx")) and list(out.glob("artifacts/*/pruning.json"))
     final = tracked.summary["final"]
     assert f"{final['metric']} = {final['value']:.4f} on 32 dev examples" in printed
 

@@ -5,6 +5,7 @@ strings, each of which must end in exit 0 or in exit 2 with one short `error:` l
 """
 
 import copy
+import logging
 import random
 import time
 from pathlib import Path
@@ -433,6 +434,9 @@ def fuzz_cases(count: int, seed: int = 0) -> list[tuple[str, bytes, list[str]]]:
 
 def test_fuzzed_recipes_end_in_ok_or_one_short_error_line(tmp_path, glue_dir, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a model or data path that a mutation makes relative stays in here
+    # Warnings stay off the root logger: a handler an earlier test's Prefect set up may still hold
+    # that test's captured (now closed) stream.
+    monkeypatch.setattr(logging.getLogger("compress"), "propagate", False)
     assert cli.main(["validate", str(write(tmp_path, BASE))]) == 0, "the unmutated base validates"
     capsys.readouterr()
     failures, codes = [], []
@@ -443,10 +447,11 @@ def test_fuzzed_recipes_end_in_ok_or_one_short_error_line(tmp_path, glue_dir, ca
         except Exception as error:  # any escape is the failure this test looks for
             failures.append(f"{description} {overrides!r}: {type(error).__name__}: {str(error)[:200]}")
             continue
-        lines = capsys.readouterr().err.splitlines()
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.startswith("error")]  # warnings may come too
         codes.append(code)
         one_short_line = len(lines) == 1 and lines[0].startswith("error: ") and len(lines[0]) < MAX_MESSAGE
-        if not (code == 2 and one_short_line or code == 0 and not lines):
+        if "Traceback" in err or not (code == 2 and one_short_line or code == 0 and not lines):
             failures.append(f"{description} {overrides!r}: exit {code}, stderr {lines!r:.300}")
     assert not failures, f"{len(failures)} of 300 failed:\n" + "\n".join(failures[:20])
     assert codes.count(2) > 200, "most mutations are malformed"
