@@ -7,6 +7,7 @@ runs as a separate process, the test starts a run with other parameters and wait
 import json
 import signal
 import socket
+import time
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -112,8 +113,11 @@ def test_a_served_recipe_runs_when_triggered_with_other_parameters(prefect_harne
             poll_interval=1,
         )
         assert run.state.is_completed(), log.read_text()
-        # stage progress reaches the flow run's logs in the UI
-        assert {"compress.pipeline", "compress.training"} <= flow_run_loggers(run.id)
+        # stage progress reaches the flow run's logs in the UI (sent by a background log worker)
+        wanted, deadline = {"compress.pipeline", "compress.training"}, time.monotonic() + 30
+        while not wanted <= (seen := flow_run_loggers(run.id)) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert wanted <= seen, seen
     finally:
         serving.send_signal(signal.SIGTERM)
         finish(serving, log)
