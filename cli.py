@@ -83,6 +83,8 @@ def serve(
     """Serve a recipe as the Prefect deployment compress/NAME (needs `prefect server start`)."""
     from pipelines.deploy import serve_recipe
 
+    for signum in (signal.SIGINT, signal.SIGTERM):  # Prefect's serve shuts down on KeyboardInterrupt
+        signal.signal(signum, signal.default_int_handler)
     serve_recipe(recipe, _overrides(set_, data_dir), name, cron)
 
 

@@ -120,7 +120,8 @@ def test_a_served_recipe_runs_when_triggered_with_other_parameters(prefect_harne
         assert wanted <= seen, seen
     finally:
         serving.send_signal(signal.SIGTERM)
-        finish(serving, log)
+        printed = finish(serving, log)
+    assert serving.returncode == 0 and "All deployments have been paused!" in printed, printed  # a clean stop
     summary = json.loads((tmp_path / "artifacts" / "tiny_served" / "summary.json").read_text())
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     parent = client.get_run(summary["mlflow"]["run_id"])
