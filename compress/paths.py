@@ -13,14 +13,18 @@ from pathlib import Path
 
 from compress.errors import UserError
 
-SIMPLE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.=+-]{0,63}$"  # no separators, no leading dot: never "." or ".."
 SIMPLE_NAME_HINT = "1-64 letters, digits, '_', '.', '=', '+' or '-', starting with a letter or digit"
-_SIMPLE = re.compile(SIMPLE_NAME)
+_SIMPLE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]{0,63}")  # no separators, no leading dot: never "." or ".."
+
+
+def is_simple_name(name: object) -> bool:
+    """Whether `name` is one plain path component (see SIMPLE_NAME_HINT)."""
+    return isinstance(name, str) and _SIMPLE.fullmatch(name) is not None
 
 
 def check_simple_name(name: str, what: str) -> str:
     """`name` when it is one plain path component, else a UserError naming `what`."""
-    if not isinstance(name, str) or not _SIMPLE.fullmatch(name):
+    if not is_simple_name(name):
         shown = repr(name)[:80]
         raise UserError(f"{what}: {shown} is not a plain name ({SIMPLE_NAME_HINT})")
     return name

@@ -16,7 +16,6 @@ file itself is read with bounds (`compress.user_input`): UTF-8 text, at most 1 M
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -26,7 +25,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from compress.errors import UserError
 from compress.overrides import apply_overrides
-from compress.paths import SIMPLE_NAME, SIMPLE_NAME_HINT
+from compress.paths import SIMPLE_NAME_HINT, is_simple_name
 from compress.user_input import MAX_YAML_CHARS, clip, quote, safe_load
 
 GLUE_TASKS = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli")
@@ -38,7 +37,7 @@ INT8_ACTIVATIONS = ("int8_dynamic", "qat_int8")  # quantize schemes whose activa
 
 def _plain_name(value: str) -> str:
     """Recipe and stage names become folders (artifacts/<recipe>, OUT/stages/<stage>): no '.', '..' or '/'."""
-    if not re.fullmatch(SIMPLE_NAME, value):
+    if not is_simple_name(value):
         raise ValueError(f"{quote(value)} is not a plain name ({SIMPLE_NAME_HINT}); it names a folder")
     return value
 
@@ -139,11 +138,15 @@ class QuantizeConfig(StageBase):
     engine: Literal["torchao", "onnxruntime"] | None = None
     eval_batch_size: int = Field(128, ge=1)
 
+    @property
+    def onnxruntime_can_run(self) -> bool:
+        """ONNX Runtime runs int8 linear layers (int8 activations) with float attention."""
+        return self.scheme in INT8_ACTIVATIONS and self.attention == "float"
+
     @model_validator(mode="after")
     def _default_engine(self) -> QuantizeConfig:
         if self.engine is None:
-            ort_can = self.scheme in INT8_ACTIVATIONS and self.attention == "float"
-            self.engine = "onnxruntime" if ort_can else "torchao"
+            self.engine = "onnxruntime" if self.onnxruntime_can_run else "torchao"
         return self
 
 
@@ -237,11 +240,7 @@ def check_pipeline(recipe: Recipe) -> None:
                 f"stages.{stage.name}.attention: int8 attention needs int8 activations "
                 f"(scheme {' or '.join(INT8_ACTIVATIONS)}, not {stage.scheme})"
             )
-        if (
-            stage.kind == "quantize"
-            and stage.engine == "onnxruntime"
-            and (stage.scheme not in INT8_ACTIVATIONS or stage.attention == "int8")
-        ):
+        if stage.kind == "quantize" and stage.engine == "onnxruntime" and not stage.onnxruntime_can_run:
             raise ValueError(
                 f"stages.{stage.name}.engine: onnxruntime runs int8 linear layers with float attention "
                 f"(scheme {' or '.join(INT8_ACTIVATIONS)}, attention: float)"
@@ -281,7 +280,7 @@ def _raw_stage_problems(raw: dict, source: str) -> None:
 def _stage_label(stage: dict, position: int) -> str:
     """How a message names a raw stage: its name when that is a valid one, else its position."""
     name = stage.get("name")
-    return name if isinstance(name, str) and re.fullmatch(SIMPLE_NAME, name) else f"[{position}]"
+    return name if is_simple_name(name) else f"[{position}]"
 
 
 def _key(part: object) -> str:
