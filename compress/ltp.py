@@ -9,7 +9,8 @@ Four forward modes:
 - "off":  the Hugging Face forward itself (any attention implementation), nothing pruned.
 - "soft": differentiable mask m = sigmoid((s - theta) / T) (LTP's soft stage).
 - "mask": hard 0/1 mask, tokens stay in the tensors (reference behaviour, for parity checks).
-- "drop": pruned tokens leave the tensors; each batch is re-padded to its longest kept row.
+- "drop": pruned tokens leave the tensors: the per-token layers (output projection, FFN) run on
+          the kept tokens packed together, attention on the batch re-padded to its longest kept row.
 "mask" and "drop" give the same logits; "soft" tends to "mask" as T -> 0.
 """
 
@@ -118,17 +119,16 @@ def _self_attention(
     (`compress.int8_attention`).
     """
     attn = layer.attention.self
-    batch, n, _ = h.shape
     heads, head_dim = attn.num_attention_heads, attn.attention_head_size
 
     def split(x: torch.Tensor) -> torch.Tensor:
-        return x.view(batch, n, heads, head_dim).transpose(1, 2)  # (B, H, n, dh)
+        return x.unflatten(-1, (heads, head_dim)).transpose(1, 2)  # (B, H, n, dh)
 
     q, k, v = split(attn.query(h)), split(attn.key(h)), split(attn.value(h))
     scores = attention_scores(q, k, int8) * attn.scaling + key_bias[:, None, None, :].to(q.dtype)
     probs = scores.softmax(dim=-1)  # (B, H, n, n)
     context = attention_context(F.dropout(probs, attn.dropout.p, training), v, int8)  # (B, H, n, dh)
-    return context.transpose(1, 2).reshape(batch, n, heads * head_dim), probs
+    return context.transpose(1, 2).flatten(2), probs
 
 
 def _finish_layer(layer: nn.Module, context: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -147,24 +147,32 @@ def _key_bias(weight: torch.Tensor) -> torch.Tensor:
     return torch.where(weight > 0, log_weight, torch.finfo(log_weight.dtype).min)
 
 
-def _gather_kept(keep: torch.Tensor, *tensors: torch.Tensor):
-    """Move each row's kept tokens to the front, in order, and cut to the longest row.
+def _hard_key_bias(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive attention bias of hard validity (B, n) bool: 0 for live keys, the dtype's minimum else."""
+    return torch.where(valid, 0.0, torch.finfo(dtype).min).to(dtype)
 
-    keep (B, n) bool -> tensors gathered to (B, K, ...) and the new validity mask (B, K). Written
-    with static ops (TopK, GatherElements) and a checked data-dependent K, so `torch.export` and
+
+def _finish_kept(layer: nn.Module, keep: torch.Tensor, context: torch.Tensor, residual: torch.Tensor):
+    """`_finish_layer` on the kept tokens only, packed into one (T, d) tensor, so no work is spent
+    on padding; the result re-padded to the longest kept row.
+
+    keep (B, n) bool, context and residual (B, n, d) -> hidden states (B, K, d), zero where padded,
+    and their validity mask (B, K). Each row's tokens keep their order, so [CLS] stays at position 0.
+    Static ops (NonZero, Gather, ScatterND) and a checked data-dependent K, so `torch.export` and
     the ONNX exporter take it as it is.
     """
+    batch, n = keep.shape
     counts = keep.sum(dim=1)  # (B,)
-    n = keep.shape[1]
     longest = counts.max().item()
     torch._check(longest >= 1)
     torch._check(longest <= n)
-    positions = torch.arange(n, device=keep.device)
-    first_kept = torch.where(keep, n - positions, 0)  # (B, n): kept tokens rank first, in order
-    order = first_kept.topk(longest, dim=1).indices  # (B, K)
     valid = torch.arange(longest, device=keep.device)[None, :] < counts[:, None]  # (B, K)
-    gathered = [t.gather(1, order[..., None].expand(-1, -1, t.shape[-1])) for t in tensors]
-    return gathered, valid
+    source = keep.flatten().nonzero().squeeze(1)  # (T,) flat positions of the kept tokens, in order
+    target = valid.flatten().nonzero().squeeze(1)  # (T,) their places in the re-padded layout
+    torch._check(target.shape[0] == source.shape[0])
+    packed = _finish_layer(layer, *(t.flatten(0, 1).index_select(0, source) for t in (context, residual)))
+    padded = packed.new_zeros(batch * longest, packed.shape[-1]).index_copy(0, target, packed)
+    return padded.unflatten(0, (batch, longest)), valid
 
 
 # ----------------------------------------------------------------------------------------------
@@ -220,29 +228,25 @@ class PrunableModel(nn.Module):
     def forward(self, input_ids, attention_mask, token_type_ids=None, mode: Mode = "drop") -> PrunedOutput:
         if self.spec is None or mode == "off":
             return self._forward_unpruned(input_ids, attention_mask, token_type_ids)
-        base = self.hf_model.base_model
-        h = base.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)  # (B, n, d)
-        live = attention_mask.to(h.dtype)  # (B, n) token weights: 1 live, 0 padding/pruned
+        h = self.hf_model.base_model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)  # (B, n, d)
+        if mode == "soft":
+            return self._forward_soft(h, attention_mask)
+        return self._forward_hard(h, attention_mask.bool(), drop=mode == "drop")
+
+    def _forward_soft(self, h: torch.Tensor, attention_mask: torch.Tensor) -> PrunedOutput:
+        """Every token stays in the tensors, weighted by its soft mask (LTP's soft stage)."""
+        live = attention_mask.to(h.dtype)  # (B, n) token weights: 1 live, 0 padding, soft in between
         lengths = attention_mask.sum(dim=1)  # (B,)
         theta = self.thresholds().to(h.device)
         tokens_in, tokens_kept, kept_fraction = [], [], h.new_zeros((), dtype=torch.float32)
-        for index, layer in enumerate(base.encoder.layer):
+        for index, layer in enumerate(self.hf_model.base_model.encoder.layer):
             tokens_in.append((live > 0).sum(dim=1))
             context, probs = _self_attention(layer, h, _key_bias(live), self.training, self.int8_attention)
             score = token_importance(probs, live, self.spec.max_length)  # (B, n)
-            if mode == "soft":
-                weight = self._soft_mask(score, theta[index]) * live  # (B, n)
-                h = _finish_layer(layer, context, h) * weight[..., None]
-                kept_fraction = kept_fraction + weight.sum() / lengths.sum()
-                live = weight
-            else:
-                keep = self._hard_keep(score, live > 0, index, theta[index], lengths)  # (B, n) bool
-                if mode == "drop":
-                    (context, h), keep = _gather_kept(keep, context, h)
-                h = _finish_layer(layer, context, h)
-                live = keep.to(h.dtype)
-                kept_fraction = kept_fraction + (keep.sum() / lengths.sum()).float()
-            tokens_kept.append((live > 0.5).sum(dim=1) if mode == "soft" else (live > 0).sum(dim=1))
+            live = self._soft_mask(score, theta[index]) * live  # (B, n)
+            h = _finish_layer(layer, context, h) * live[..., None]
+            kept_fraction = kept_fraction + live.sum() / lengths.sum()
+            tokens_kept.append((live > 0.5).sum(dim=1))
         return PrunedOutput(
             logits=self._classify(h),
             tokens_in=torch.stack(tokens_in, dim=1),
@@ -250,6 +254,37 @@ class PrunableModel(nn.Module):
             kept_fraction=kept_fraction,
             cls_hidden=h[:, 0],
         )
+
+    def _forward_hard(self, h: torch.Tensor, valid: torch.Tensor, drop: bool) -> PrunedOutput:
+        """0/1 keep decisions; `drop`: pruned tokens leave the tensors, else their keys are masked.
+        A layer that cannot prune (LTP's layer 0, a top-k ratio of 1) skips the importance scores."""
+        lengths = valid.sum(dim=1)  # (B,)
+        theta = self.thresholds().to(h.device)
+        tokens_kept = []
+        for index, layer in enumerate(self.hf_model.base_model.encoder.layer):
+            key_bias = _hard_key_bias(valid, h.dtype)
+            context, probs = _self_attention(layer, h, key_bias, self.training, self.int8_attention)
+            prunes = self._prunes(index)
+            if prunes:
+                score = token_importance(probs, valid.to(h.dtype), self.spec.max_length)  # (B, n)
+                valid = self._hard_keep(score, valid, index, theta[index], lengths)  # (B, n) bool
+            if prunes and drop:
+                h, valid = _finish_kept(layer, valid, context, h)
+            else:
+                h = _finish_layer(layer, context, h)
+            tokens_kept.append(valid.sum(dim=1))
+        kept = torch.stack(tokens_kept, dim=1)  # (B, L)
+        return PrunedOutput(
+            logits=self._classify(h),
+            tokens_in=torch.cat([lengths[:, None], kept[:, :-1]], dim=1),
+            tokens_kept=kept,
+            kept_fraction=(kept.sum() / lengths.sum()).float(),
+            cls_hidden=h[:, 0],
+        )
+
+    def _prunes(self, index: int) -> bool:
+        """Whether layer `index` can drop a token: LTP's theta_0 is 0, a top-k ratio of 1 keeps all."""
+        return index > 0 if self.spec.method == "ltp" else self.spec.keep_ratios[index] < 1
 
     def _soft_mask(self, score: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         mask = torch.sigmoid((score - theta) / self.spec.temperature)
@@ -266,8 +301,7 @@ class PrunableModel(nn.Module):
             ranked[:, 0] = math.inf
             rank = ranked.argsort(dim=1, descending=True).argsort(dim=1)  # (B, n) rank of each token
             keep = live & (rank < budget[:, None])
-        keep[:, 0] = True
-        return keep
+        return F.pad(keep[:, 1:], (1, 0), value=True)
 
     def _classify(self, h: torch.Tensor) -> torch.Tensor:
         """The Hugging Face head on the final hidden states; both heads read position 0 only."""

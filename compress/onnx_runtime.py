@@ -5,8 +5,9 @@ inputs input_ids, attention_mask (and token_type_ids where the model has token t
 logits (B, C), tokens_in and tokens_kept (B, L) int64. The unpruned model is the plain Hugging Face
 forward (attention as loaded, SDPA; eager exports to the same speed), then
 `onnxruntime.transformers.optimizer` fuses it as a user would. A pruned model is
-`PrunableModel.forward(mode="drop")`: its re-padding is TopK + GatherElements with a data-dependent
-length (`ltp._gather_kept`), so ONNX Runtime runs it without Python in the loop. The optimizer is
+`PrunableModel.forward(mode="drop")`: its packing and re-padding of the kept tokens are NonZero,
+Gather and ScatterND with a data-dependent length (`ltp._finish_kept`), so ONNX Runtime runs it
+without Python in the loop. The optimizer is
 not applied there: it fused LayerNorm and GELU, left the outputs unchanged and measured no faster
 (MiniLM, SST-2, 2 threads).
 

@@ -81,6 +81,19 @@ def test_dropping_equals_masking_with_mixed_kept_counts(kind):
     assert (dropped.tokens_kept >= 1).all(), "[CLS] is always kept"
 
 
+def test_dropping_trains_like_masking():
+    """The packed per-token layers pass the same gradients back as the masked forward (no dropout)."""
+    grads = {}
+    for mode in ("mask", "drop"):
+        model = PrunableModel(tiny_model("bert"), PruningSpec(**PRUNING)).eval()
+        ids, mask = batch_with_mixed_lengths()
+        model(ids, mask, mode=mode).logits.square().sum().backward()
+        grads[mode] = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    assert grads["drop"].keys() == grads["mask"].keys()
+    for name, grad in grads["mask"].items():
+        torch.testing.assert_close(grads["drop"][name], grad, atol=1e-4, rtol=1e-4, msg=name)
+
+
 def test_soft_mask_tends_to_hard_mask_at_low_temperature():
     hf = tiny_model("bert")
     ids, mask = batch_with_mixed_lengths()
