@@ -228,7 +228,8 @@ class PrunableModel(nn.Module):
     def forward(self, input_ids, attention_mask, token_type_ids=None, mode: Mode = "drop") -> PrunedOutput:
         if self.spec is None or mode == "off":
             return self._forward_unpruned(input_ids, attention_mask, token_type_ids)
-        h = self.hf_model.base_model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)  # (B, n, d)
+        embeddings = self.hf_model.base_model.embeddings
+        h = embeddings(input_ids=input_ids, token_type_ids=token_type_ids)  # (B, n, d)
         if mode == "soft":
             return self._forward_soft(h, attention_mask)
         return self._forward_hard(h, attention_mask.bool(), drop=mode == "drop")
