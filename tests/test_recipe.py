@@ -1,5 +1,6 @@
 """Recipe schema, overrides and cross-stage rules."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -28,22 +29,61 @@ def with_changes(**changes) -> dict:
     return raw
 
 
+CHAIN = ["finetune", "ltp_soft", "ltp_hard", "distill", "quantize", "benchmark"]
+
+
 @pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
-def test_every_shipped_recipe_validates(path):
+def test_every_shipped_recipe_validates_and_is_self_contained(path):
     recipe = load_recipe(path)
     assert recipe.stages and recipe.name == path.stem
+    assert recipe.stages[0].kind == "finetune", "each recipe trains its own teacher"
+    assert "artifacts/" not in path.read_text(), "a recipe must not depend on an earlier run's output"
     assert load_recipe(path, ["model=minilm"]).model == "minilm"
 
 
-def test_the_task_recipes_carry_the_paper_settings():
-    for name in ("sst2", "mrpc", "rte", "qnli", "stsb", "cola", "qqp", "mnli"):
-        recipe = load_recipe(Path(RECIPES[0]).parent / f"{name}_int8.yaml")
-        soft = next(s for s in recipe.stages if s.kind == "ltp_soft")
-        hard = next(s for s in recipe.stages if s.kind == "ltp_hard")
-        assert recipe.model == "roberta-base" and recipe.data.max_seq_length == 128
-        assert soft.batch_size == hard.batch_size == 64
-        assert (soft.final_threshold, soft.temperature, hard.epochs) == (0.01, 1e-3, 5)
-        assert soft.epochs == (10 if name in ("mrpc", "rte", "stsb", "cola") else 1)
+@pytest.mark.parametrize("name", ["sst2", "mrpc", "rte", "qnli", "stsb", "cola", "qqp", "mnli"])
+def test_the_task_recipes_run_the_whole_chain_with_the_paper_settings(name):
+    recipe = load_recipe(Path(RECIPES[0]).parent / f"{name}_int8.yaml")
+    soft, hard = recipe.stage("ltp_soft"), recipe.stage("ltp_hard")
+    assert [stage.kind for stage in recipe.stages] == CHAIN
+    assert recipe.model == "roberta-base" and recipe.data.max_seq_length == 128
+    assert soft.batch_size == hard.batch_size == 64
+    assert (soft.final_threshold, soft.temperature, hard.epochs) == (0.01, 1e-3, 5)
+    assert soft.epochs == (10 if name in ("mrpc", "rte", "stsb", "cola") else 1)
+    assert recipe.stage("distill").qat and recipe.stage("quantize").scheme == "qat_int8"
+    minilm = load_recipe(Path(RECIPES[0]).parent / f"{name}_int8.yaml", ["model=minilm"])
+    assert minilm.stage("finetune").lr > recipe.stage("finetune").lr, "MiniLM needs a larger lr to learn"
+
+
+def test_quickstart_runs_every_stage_kind():
+    assert [stage.kind for stage in load_recipe(Path(RECIPES[0]).parent / "quickstart.yaml").stages] == CHAIN
+
+
+def test_model_settings_apply_for_their_model_and_the_users_overrides_win():
+    raw = with_changes(
+        model="roberta-base",
+        model_settings={"minilm": {"stages.finetune.lr": 1e-4, "data.max_seq_length": 64}},
+    )
+    assert parse_recipe(apply_overrides(raw, []), "t").stage("finetune").lr == 2e-5
+    minilm = parse_recipe(apply_overrides(raw, ["model=minilm"]), "t")
+    assert (minilm.stage("finetune").lr, minilm.data.max_seq_length) == (1e-4, 64)
+    mine = parse_recipe(apply_overrides(raw, ["model=minilm", "stages.finetune.lr=3e-5"]), "t")
+    assert mine.stage("finetune").lr == 3e-5
+    assert "model_settings" not in dump_recipe(minilm), "the resolved recipe holds the applied values"
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (["lr"], "model_settings: expected a mapping of model"),
+        ({"minilm": {"stages.nope.lr": 1e-4}}, "model_settings.minilm.stages.nope.lr: no stage named 'nope'"),
+        ({"minilm": {"stages..lr": 1e-4}}, "expected a dotted key"),
+    ],
+)
+def test_bad_model_settings_are_one_line(settings, message):
+    raw = with_changes(model_settings=settings)
+    with pytest.raises(UserError, match=re.escape(message)):
+        apply_overrides(raw, [])
 
 
 def test_defaults_and_alias():
