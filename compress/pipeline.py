@@ -2,7 +2,9 @@
 
 Each stage reads the previous stage's artifact and writes its own under `OUT/stages/<name>`.
 A stage whose artifact is complete and was made from the same cache key (stage config,
-upstream key, recipe data/model/seed, code version) is reused, not recomputed.
+upstream key, recipe data/model/seed, code version) is reused, not recomputed. Local data files
+and model folders enter the key by their content, not their path: the same files reached
+another way (relative, absolute, a link, GLUE_DIR or --data-dir) reuse the cache.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from huggingface_hub.errors import StrictDataclassError
@@ -22,11 +24,13 @@ from compress import data
 from compress.artifacts import read_result, write_json
 from compress.errors import UserError
 from compress.evaluate import evaluate_saved
+from compress.fingerprint import data_identity, model_identity
 from compress.flops import FP16, FP32
 from compress.ltp import PRUNING_FILE
 from compress.models import load_tokenizer, resolve_model
 from compress.paths import user_path
 from compress.quantize import check_scheme
+from compress.reachability import check_reachable
 from compress.recipe import Recipe, dump_recipe
 from compress.stages import STAGES, StageInputs, StageResult
 from compress.task_data import load_examples, prepare_data
@@ -43,7 +47,7 @@ CODE_VERSION_FILES = sorted(p for p in Path(__file__).parent.rglob("*.py") if p.
 @dataclass
 class PlannedStage:
     config: object
-    inputs: StageInputs  # inputs.cache_key: stage config + upstream key + recipe data/model/seed + code
+    inputs: StageInputs  # inputs.cache_key: stage config + upstream key + data/model (by content)/seed + code
 
     @property
     def cache_key(self) -> str:
@@ -57,15 +61,33 @@ def code_version() -> str:
     return digest.hexdigest()[:16]
 
 
+def needs_train(recipe: Recipe) -> bool:
+    """Whether a stage trains (reads the train split); quantize and benchmark only evaluate."""
+    return any(stage.kind not in ("quantize", "benchmark") for stage in recipe.stages)
+
+
+def _shared_key(recipe: Recipe) -> dict:
+    """The recipe settings in every stage's key: task, seed and data settings, with the data's and
+    the model's locations replaced by what they hold."""
+    shared = recipe.model_dump(mode="json", by_alias=True, include={"task", "seed", "data"})
+    for location in ("dir", "train_file", "eval_file"):
+        del shared["data"][location]
+    shared["data"]["files"] = data_identity(recipe, needs_train(recipe))
+    shared["model"] = model_identity(recipe.model)
+    return shared
+
+
 def preflight(recipe: Recipe, check_data: bool = False) -> None:
     """Checks that need the file system but no training: model, data files, thresholds.
 
     Local data files are read and checked (encoding, columns, labels); check_data also slices and
     tokenises them (seconds), so an empty slice or an unloadable tokenizer is reported before any
-    training starts. Hub data is fetched only with check_data.
+    training starts. Hub data is fetched only with check_data. First of all, the model, the teachers
+    and hub data must be reachable (`compress.reachability`: offline, from the cache alone).
     """
+    check_reachable(recipe)
     _check_sequence_length(recipe)
-    need_train = any(stage.kind not in ("quantize", "benchmark") for stage in recipe.stages)
+    need_train = needs_train(recipe)
     if check_data:
         prepare_data(recipe, load_tokenizer(recipe.model), need_train=need_train)
     elif recipe.task == "custom" or data.resolve_data_dir(recipe.data.dir) is not None:
@@ -115,11 +137,13 @@ def plan(
     runs that share a prefix of stages share its artifacts.
     """
     version = code_version()
-    shared = recipe.model_dump(mode="json", by_alias=True, include={"model", "task", "seed", "data"})
+    shared = _shared_key(recipe)
     upstream_key, model, finetuned = version, recipe.model, None
     planned, upstream = [], ()
     for stage in recipe.until(until):
         config = stage.model_dump(mode="json", by_alias=True)
+        if config.get("teacher"):  # a named teacher by content too
+            config["teacher"] = model_identity(config["teacher"])
         key = hashlib.sha256(json.dumps([shared, config, upstream_key], sort_keys=True).encode()).hexdigest()
         output = stage_root / f"{stage.name}-{key[:12]}" if stage_root else out_dir / "stages" / stage.name
         teacher = getattr(stage, "teacher", None) or finetuned
@@ -131,8 +155,9 @@ def plan(
 
 
 def cached_result(step: PlannedStage) -> StageResult | None:
-    """The stage's stored result when its artifact was made under the same cache key. A result.json
-    that cannot be read counts as none, with a warning: the stage runs again."""
+    """The stage's stored result when its artifact was made under the same cache key, as this run's
+    result: cached, 0 seconds of work (result.json keeps the seconds of the run that made it). A
+    result.json that cannot be read counts as none, with a warning: the stage runs again."""
     try:
         payload = read_result(step.inputs.output_dir)
     except UserError as error:
@@ -140,9 +165,7 @@ def cached_result(step: PlannedStage) -> StageResult | None:
         return None
     if payload is None or payload.pop("cache_key", None) != step.cache_key:
         return None
-    result = StageResult.from_dict(payload)
-    result.cached = True
-    return result
+    return replace(StageResult.from_dict(payload), cached=True, seconds=0.0)
 
 
 def run_or_reuse(step: PlannedStage, use_cache: bool = True) -> StageResult:

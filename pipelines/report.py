@@ -14,7 +14,8 @@ def stage_list(recipe: Recipe, until: str | None = None) -> str:
 
 
 def summary_table(summary: dict) -> Table:
-    """One row per stage: stage, kind, the task metric, GFLOPs, BOPs, seconds, cached."""
+    """One row per stage: stage, kind, the task metric, GFLOPs, BOPs, seconds, cached. A reused
+    stage did no work in this run: its seconds read "cached", not the seconds of the run that made it."""
     metric = summary["final"]["metric"]
     table = Table(title=f"{summary['recipe']}: {summary['task']} on {summary['model']}")
     table.add_column("stage")
@@ -30,7 +31,7 @@ def summary_table(summary: dict) -> Table:
             "-" if value is None else f"{value:.4f}",
             f"{stage['gflops']:.4g}",
             f"{stage['bops']:.4g}",
-            f"{stage['seconds']:.1f}",
+            "cached" if stage["cached"] else f"{stage['seconds']:.1f}",
             "yes" if stage["cached"] else "no",
         )
     return table

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 import cli
+from compress.artifacts import read_result
 from compress.errors import UserError
 from tests.conftest import REPO, real_glue_path
 
@@ -209,6 +210,9 @@ def test_rerun_reuses_every_stage_and_the_registered_version(tracked):
     summary = compress_flow(str(tracked.recipe), [f"data.dir={tracked.glue}"], str(tracked.out), None, True)
     on_disk = json.loads((tracked.out / "summary.json").read_text())
     assert [s["cached"] for s in on_disk["stages"]] == [True, True, True]
+    assert [s["seconds"] for s in on_disk["stages"]] == [0.0, 0.0, 0.0]  # no work done in this run
+    for stage in tracked.summary["stages"]:  # each artifact keeps the seconds of the run that made it
+        assert read_result(Path(stage["artifact"]))["seconds"] == stage["seconds"] > 0
     assert on_disk["mlflow"]["run_id"] == summary["mlflow"]["run_id"] != tracked.summary["mlflow"]["run_id"]
     assert on_disk["final"] == tracked.summary["final"]
     client = client_of(tracked)
