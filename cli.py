@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -212,10 +213,23 @@ def _stop(signum: int, frame) -> None:
     raise Stopped(signum)
 
 
+def _configure_logs() -> None:
+    """INFO lines `time logger: message` on stderr, each once, without libraries' chatter; off a
+    terminal (a log file) no progress bars: training logs one line per epoch instead."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for name in ("huggingface_hub", "datasets"):  # they print through a handler of their own, and
+        logging.getLogger(name).propagate = False  # through ours: every hub retry would show twice
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # "generated new fontManager" (INFO)
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)  # "building the font cache"
+    if not sys.stderr.isatty():  # read by the libraries when they are imported or the bar is made
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' bars and the hub's
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a command; a user mistake becomes one line on stderr and exit code 2; Ctrl-C (SIGINT)
     and SIGTERM end it with one line and exit code 128 + the signal's number (130, 143)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    _configure_logs()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _stop)
     try:

@@ -75,6 +75,7 @@ from compress.onnx_model import OnnxModel
 from compress.quantize import PRECISION, QUANTIZATION_FILE
 from compress.recipe import Recipe, load_recipe
 from compress.task_data import prepare_data
+from compress.training import show_progress
 
 log = logging.getLogger(__name__)
 
@@ -338,6 +339,7 @@ def time_runners(runners: list[Runner], batches: list[dict], rounds: int) -> lis
         unit="pass",
         dynamic_ncols=True,
         leave=False,
+        disable=not show_progress(),  # off a terminal, the rows logged below say what was timed
     )
     inputs = [[runner.prepare(batch) for batch in batches] for runner in runners]
     warmup, gflops, predicted = [], [], []

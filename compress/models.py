@@ -60,7 +60,7 @@ def load_model(name: str, num_labels: int, regression: bool) -> PrunableModel | 
     source = resolve_model(name)
     directory = Path(source) if Path(source).is_dir() else None
     quantization = saved_quantization(directory) if directory else None
-    with _quiet_transformers():  # "newly initialized head" is expected here
+    with _quiet_transformers(bars=directory is None):  # "newly initialized head" is expected here
         config = _load_config(name, source, num_labels, regression)
         spec = PruningSpec.load(directory, config.num_hidden_layers) if directory else None
         if quantization and quantization.engine == "onnxruntime":
@@ -130,13 +130,20 @@ def _load_weights(name: str, source: str, config: PretrainedConfig, local: bool)
 
 
 @contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def _quiet_transformers(bars: bool) -> Iterator[None]:
+    """transformers' errors only; its progress bars ("Loading weights", the hub's downloads) only if
+    `bars`: a local folder loads in a blink and downloads nothing, so its bars are noise."""
     verbosity = transformers.logging.get_verbosity()
+    bars_were_on = transformers.logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity_error()
+    if not bars:
+        transformers.logging.disable_progress_bar()
     try:
         yield
     finally:
         transformers.logging.set_verbosity(verbosity)
+        if bars_were_on and not bars:
+            transformers.logging.enable_progress_bar()
 
 
 def _first_line(error: Exception) -> str:

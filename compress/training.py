@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,12 +18,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+from tqdm.autonotebook import tqdm as notebook_or_plain_tqdm
+from tqdm.std import tqdm as plain_tqdm
 
 from compress.errors import UserError
 from compress.evaluate import EvalResult
 
 log = logging.getLogger(__name__)
 
+_LOOP_KEYS = ("epoch", "step", "train_loss", "examples_per_s")  # of a history row; the rest: dev metrics
 LossFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict[str, float]]]
 
 
@@ -32,6 +36,12 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)  # per epoch: loss, dev metrics, examples/s
     steps: int = 0
     examples_per_s: float = 0.0
+
+
+def show_progress() -> bool:
+    """Progress bars on a terminal (or as a notebook's widgets) only: written to a log file, every
+    redraw of a bar is one more carriage return on one endless line."""
+    return sys.stderr.isatty() or notebook_or_plain_tqdm is not plain_tqdm
 
 
 def linear_warmup_decay(optimizer, warmup_steps: int, total_steps: int):
@@ -60,8 +70,8 @@ def train(
     params = [p for group in param_groups for p in group["params"]]
     result, best_state, step = None, None, 0
     history: list[dict] = []
-    examples, seconds = 0, 0.0
-    for epoch in range(math.ceil(settings.epochs)):
+    examples, seconds, epochs = 0, 0.0, math.ceil(settings.epochs)
+    for epoch in range(epochs):
         loader.batch_sampler.set_epoch(epoch)
         model.train()
         bar = tqdm(
@@ -70,6 +80,7 @@ def train(
             unit="batch",
             dynamic_ncols=True,
             leave=False,
+            disable=not show_progress(),  # off a terminal, the line logged below is the progress
         )
         losses, started = [], time.perf_counter()
         for batch in loader:
@@ -106,13 +117,7 @@ def train(
                 **evaluation.metrics,
             }
         )
-        log.info(
-            "%s epoch %d: loss %.4f, %s",
-            description,
-            epoch + 1,
-            history[-1]["train_loss"],
-            evaluation.metrics,
-        )
+        log.info("%s", _describe_epoch(description, epochs, history[-1]))
         if keep == "last" or result is None or evaluation.main > result.main:
             result = evaluation
             best_state = copy.deepcopy(model.state_dict()) if keep == "best" else None
@@ -122,3 +127,10 @@ def train(
         raise UserError(f"{description}: training left non-finite weights; lower lr or raise warmup_ratio")
     model.eval()
     return TrainResult(best=result, history=history, steps=step, examples_per_s=examples / max(seconds, 1e-9))
+
+
+def _describe_epoch(description: str, epochs: int, row: dict) -> str:
+    """One log line per epoch: 'finetune epoch 2/3: loss 0.4123, 812 examples/s, accuracy 0.9012'."""
+    parts = [f"loss {row['train_loss']:.4f}", f"{row['examples_per_s']:.0f} examples/s"]
+    parts += [f"{key} {value:.4f}" for key, value in row.items() if key not in _LOOP_KEYS]  # dev metrics
+    return f"{description} epoch {row['epoch']}/{epochs}: " + ", ".join(parts)

@@ -12,6 +12,8 @@ with tokens really dropped.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
 
@@ -138,24 +140,45 @@ def register_model(recipe, artifact_dir: Path, cache_key: str, alias: str = DEFA
         log.info("%s is already version %s of the same artifact", model_uri, current.version)
         return model_uri
     task = _task_of(recipe)
-    info = mlflow.pyfunc.log_model(
-        name=ARTIFACT_KEY,
-        python_model=str(Path(__file__).with_name("pyfunc_model.py")),  # models from code, no pickle
-        model_config={
-            "labels": list(task.labels) if task.labels else None,
-            "num_labels": task.num_labels,
-            "max_length": recipe.data.max_seq_length,
-        },
-        artifacts={ARTIFACT_KEY: str(artifact_dir)},
-        code_paths=[str(REPO / "compress"), str(REPO / "pipelines")],
-        pip_requirements=pip_requirements(),
-        registered_model_name=name,
-    )
+    with _without_signature_warning():  # no signature on purpose: see _NoSignatureWarning
+        info = mlflow.pyfunc.log_model(
+            name=ARTIFACT_KEY,
+            python_model=str(Path(__file__).with_name("pyfunc_model.py")),  # models from code, no pickle
+            model_config={
+                "labels": list(task.labels) if task.labels else None,
+                "num_labels": task.num_labels,
+                "max_length": recipe.data.max_seq_length,
+            },
+            artifacts={ARTIFACT_KEY: str(artifact_dir)},
+            code_paths=[str(REPO / "compress"), str(REPO / "pipelines")],
+            pip_requirements=pip_requirements(),
+            registered_model_name=name,
+        )
     version_number = info.registered_model_version
     client.set_model_version_tag(name, version_number, "cache_key", cache_key)
     client.set_registered_model_alias(name, alias, version_number)
     log.info("registered %s (version %s)", model_uri, version_number)
     return model_uri
+
+
+class _NoSignatureWarning(logging.Filter):
+    """MLflow warns on every registration that `predict`'s DataFrame hint gives no signature. There is
+    none on purpose: a signature would have MLflow check and convert inputs to its schema, while
+    `predict` takes texts, pairs and frames as they are (`_texts`). The warning tells a user nothing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Failed to infer model signature: Type hint")
+
+
+@contextmanager
+def _without_signature_warning() -> Iterator[None]:
+    """`_NoSignatureWarning` on the one logger that emits it, for the duration of the block."""
+    logger, only = logging.getLogger("mlflow.pyfunc"), _NoSignatureWarning()
+    logger.addFilter(only)
+    try:
+        yield
+    finally:
+        logger.removeFilter(only)
 
 
 def pull_model(model_uri: str, out_dir: Path) -> Path:

@@ -5,6 +5,10 @@ With a SQLite store, run and model artifacts go to `mlruns/` beside the database
 explicitly on the experiment, so it does not depend on the working directory); a tracking
 server decides its own artifact location. One experiment per recipe name.
 
+Parent run: params = recipe, task, model, seed, the data settings, and `data.source` (the
+GLUE-layout folder used, `hub:<dataset id>`, or a custom task's files); recipe.yaml and
+summary.json; `final_<key>` metrics.
+
 Per stage run: params = the resolved stage config (flattened); metrics = the task metrics,
 gflops, bops, bits, seconds, `tokens_layer_<i>`; per-epoch history as step metrics (step =
 epoch): `train_loss` and `epoch_<metric>` (dev metrics after that epoch; the unprefixed
@@ -33,8 +37,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from prefect.exceptions import ExternalSignal
 
+from compress import data
 from compress.errors import Stopped, UserError
 from compress.ltp import PRUNING_FILE
+from compress.paths import user_path
 from compress.pipeline import PlannedStage
 from compress.recipe import Recipe, dump_recipe
 from compress.stages import StageResult
@@ -169,6 +175,16 @@ def flatten(payload: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def data_source(recipe: Recipe) -> str:
+    """Where the pipeline's examples come from: the GLUE-layout folder used (data.dir, else
+    $GLUE_DIR; absolute), `hub:<dataset id>`, or for task custom its data files (absolute)."""
+    if recipe.task == "custom":
+        files = (recipe.data.train_file, recipe.data.eval_file)
+        return ", ".join(str(user_path(file, "data file").resolve()) for file in files if file)
+    folder = data.resolve_data_dir(recipe.data.dir)
+    return f"hub:{data.HUB_ID}" if folder is None else str(folder.resolve())
+
+
 @contextmanager
 def pipeline_run(recipe: Recipe) -> Iterator[mlflow.ActiveRun]:
     """The parent run of one pipeline (FAILED if the block raises)."""
@@ -178,6 +194,7 @@ def pipeline_run(recipe: Recipe) -> Iterator[mlflow.ActiveRun]:
     fail_orphaned_runs(client, experiment)
     shared = recipe.model_dump(mode="json", by_alias=True, include={"seed", "data"})
     params = {"recipe": recipe.name, "task": recipe.task, "model": recipe.model, **flatten(shared)}
+    params["data.source"] = data_source(recipe)
     with _mlflow_run(experiment_id=experiment, run_name=recipe.name, tags=_process_tags()) as run:
         client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
         client.log_text(run.info.run_id, dump_recipe(recipe), "recipe.yaml")
