@@ -16,7 +16,9 @@ FAST = [
     *("--set", "stages.finetune.lr=1e-4", "--set", "stages.finetune.epochs=3"),
     *("--set", "stages.finetune.batch_size=16"),
     *("--set", "stages.ltp_soft.epochs=0.5", "--set", "stages.ltp_hard.epochs=0.5"),
+    *("--set", "stages.distill.epochs=0.5", "--set", "stages.benchmark.rounds=1"),
 ]
+CHAIN = ["finetune", "ltp_soft", "ltp_hard", "distill", "quantize", "benchmark"]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +50,7 @@ def test_summary_has_the_contract_shape(quick_run):
     out, _ = quick_run
     summary = json.loads((out / "summary.json").read_text())
     assert {"recipe", "task", "model", "stages", "final"} <= summary.keys()
-    assert [s["kind"] for s in summary["stages"]] == ["finetune", "ltp_soft", "ltp_hard"]
+    assert [s["kind"] for s in summary["stages"]] == CHAIN
     for stage in summary["stages"]:
         assert {
             "name",
@@ -65,8 +67,9 @@ def test_summary_has_the_contract_shape(quick_run):
     final = summary["final"]
     assert final["baseline_gflops"] == summary["stages"][0]["gflops"]
     assert final["gflops_reduction"] == pytest.approx(final["baseline_gflops"] / final["gflops"], rel=1e-3)
-    hard = summary["stages"][-1]
+    hard = summary["stages"][2]
     assert hard["tokens_per_layer"][-1] < hard["tokens_per_layer"][0], "the pruned model drops tokens"
+    assert summary["stages"][-1]["bits"]["weight"] == 8 and final["bops_reduction_vs_fp16"] > 4
     assert (out / "recipe.yaml").is_file()
 
 
@@ -83,6 +86,6 @@ def test_pruned_artifact_reloads_with_its_thresholds(quick_run, real_glue_dir):
 
 def test_rerun_is_served_from_cache_and_a_changed_stage_reruns(quick_run):
     out, args = quick_run
-    assert cli.main([*args, "--set", "stages.ltp_hard.lr=2e-5"]) == 0
+    assert cli.main([*args, "--set", "stages.quantize.eval_batch_size=64"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert [s["cached"] for s in summary["stages"]] == [True, True, False]
+    assert [s["cached"] for s in summary["stages"]] == [True, True, True, True, False, False]

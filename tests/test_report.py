@@ -1,13 +1,15 @@
 """What the CLI prints around a run: the stage list first, a table of the stages at the end."""
 
 import io
+import json
 
 from rich.console import Console
 
+from compress.pipeline import run_pipeline
 from compress.recipe import load_recipe
 from pipelines.report import print_summary, stage_list
 from tests.test_cli import QUICKSTART
-from tests.tiny_runs import table_rows
+from tests.tiny_runs import table_rows, write_recipe
 
 
 def stage(name: str, kind: str, accuracy: float, gflops: float, cached: bool) -> dict:
@@ -44,7 +46,7 @@ SUMMARY = {
 
 def test_the_stage_list_follows_until():
     recipe = load_recipe(QUICKSTART, [])
-    assert stage_list(recipe) == "finetune (finetune) -> ltp_soft (ltp_soft) -> ltp_hard (ltp_hard)"
+    assert stage_list(recipe).startswith("finetune (finetune) -> ltp_soft (ltp_soft) -> ltp_hard (ltp_hard) ->")
     assert stage_list(recipe, "ltp_soft") == "finetune (finetune) -> ltp_soft (ltp_soft)"
 
 
@@ -54,9 +56,32 @@ def test_the_summary_table_has_a_row_per_stage_and_the_final_line():
     printed = out.getvalue()
     rows = table_rows(printed)
     assert rows[0] == ["stage", "kind", "accuracy", "GFLOPs", "BOPs", "seconds", "cached"]
-    assert rows[1] == ["finetune", "finetune", "0.7603", "0.541", "2.77e+11", "12.3", "yes"]
+    assert rows[1] == ["finetune", "finetune", "0.7603", "0.541", "2.77e+11", "cached", "yes"]
+    assert rows[2] == ["ltp_soft", "ltp_soft", "0.7500", "0.47", "2.406e+11", "12.3", "no"]
     assert [row[0] for row in rows[1:]] == ["finetune", "ltp_soft", "ltp_hard"]
     assert [row[-1] for row in rows[1:]] == ["yes", "no", "no"]
     assert printed.splitlines()[-1] == (
         "final: accuracy 0.7649 (baseline 0.7603), 0.439 GFLOPs (1.23x fewer than 0.541)"
     )
+
+
+def test_a_rerun_from_the_cache_reports_no_work_and_keeps_the_artifacts_seconds(tmp_path, tiny_model_dir):
+    """Reused stages did nothing in this run: 0 seconds in summary.json, "cached" in the table; each
+    artifact's own result.json still says how long the run that made it took."""
+    recipe = load_recipe(write_recipe(tmp_path, tiny_model_dir))
+    first = run_pipeline(recipe, tmp_path / "out")
+    assert [(s["cached"], s["seconds"] > 0) for s in first["stages"]] == [(False, True), (False, True)]
+    again = run_pipeline(recipe, tmp_path / "out")
+    on_disk = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [(s["cached"], s["seconds"]) for s in on_disk["stages"]] == [(True, 0.0), (True, 0.0)]
+    assert again["final"] == first["final"]
+    for stage in first["stages"]:
+        stored = json.loads((tmp_path / "out" / "stages" / stage["name"] / "result.json").read_text())
+        assert stored["seconds"] == stage["seconds"] and stored["cached"] is False
+    out = io.StringIO()
+    print_summary(on_disk, Console(file=out, width=120))
+    rows = table_rows(out.getvalue())
+    assert [(row[0], row[-2], row[-1]) for row in rows[1:]] == [
+        ("finetune", "cached", "yes"),
+        ("ltp_soft", "cached", "yes"),
+    ]
