@@ -209,6 +209,22 @@ def bench(
     typer.echo(f"bench: {paths['json']}, {paths['md']}, {paths['png']}")
 
 
+@app.command()
+def results(
+    summaries: Annotated[list[Path], typer.Argument(help="Runs' summary.json files, one row each")],
+    readme: Annotated[Path | None, typer.Option(help="Fill this file's results block instead")] = None,
+) -> None:
+    """The results table (markdown) of finished runs: metric, GFLOPs, BOPs and speed-ups."""
+    from pipelines.report import replace_results, results_table
+
+    table = results_table(summaries)
+    if readme is None:
+        typer.echo(table)
+    else:
+        replace_results(readme, table)
+        typer.echo(f"{readme}: results table of {len(summaries)} runs")
+
+
 def _stop(signum: int, frame) -> None:
     raise Stopped(signum)
 

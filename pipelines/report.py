@@ -1,10 +1,16 @@
-"""What the CLI shows of a run: the stages it will execute, then a table of what each gave."""
+"""What the CLI shows of a run: the stages it will execute, then a table of what each gave; and
+the README's results table, made from runs' summary.json files (`cli.py results`)."""
 
 from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from compress.errors import UserError
 from compress.recipe import Recipe
 
 
@@ -49,3 +55,53 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
         highlight=False,
         soft_wrap=True,
     )
+
+
+RESULTS_BEGIN, RESULTS_END = "<!-- results:begin -->", "<!-- results:end -->"
+RESULTS_HEADER = (
+    "| recipe | task | teacher | final | GFLOPs teacher -> final | BOPs vs FP16 "
+    "| vs ONNX Runtime int8, batch 1 / 32 | vs HF fp32 eager, batch 1 / 32 |\n"
+    "|---|---|---|---|---|---|---|---|"
+)
+
+
+def results_row(summary: dict) -> str:
+    """One run as a row of the results table: metric before and after, GFLOPs, BOPs, and the final
+    model's speed-ups from its benchmark stage (if it has one) at batch 1 and 32."""
+    final = summary["final"]
+    delta = 100 * (final["value"] - final["baseline_value"])
+    speeds = {}
+    for stage in summary["stages"]:
+        speeds.update(stage["metrics"] if stage["kind"] == "benchmark" else {})
+
+    def pair(prefix: str) -> str:
+        values = [speeds.get(f"{prefix}_b{batch}") for batch in (1, 32)]
+        return " / ".join("-" if v is None else f"{v:.2f}x" for v in values)
+
+    return (
+        f"| `{summary['recipe']}` | {summary['task']} | {final['metric']} {final['baseline_value']:.4f} "
+        f"| {final['value']:.4f} ({delta:+.1f}) "
+        f"| {final['baseline_gflops']:.3f} -> {final['gflops']:.3f} ({final['gflops_reduction']:.2f}x) "
+        f"| {final['bops_reduction_vs_fp16']:.1f}x "
+        f"| {pair('speedup_final_vs_ort_int8')} | {pair('speedup_final_vs_fp32_eager')} |"
+    )
+
+
+def results_table(paths: list[Path]) -> str:
+    """The markdown results table of the runs whose summary.json files are given, in that order."""
+    rows = []
+    for path in paths:
+        try:
+            rows.append(results_row(json.loads(Path(path).read_text())))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise UserError(f"{path}: not a run's summary.json ({type(error).__name__}: {error})") from None
+    return "\n".join([RESULTS_HEADER, *rows])
+
+
+def replace_results(readme: Path, table: str) -> None:
+    """Put `table` between the results markers of `readme` (written back in place)."""
+    text = readme.read_text()
+    pattern = re.compile(re.escape(RESULTS_BEGIN) + ".*?" + re.escape(RESULTS_END), re.S)
+    if not pattern.search(text):
+        raise UserError(f"{readme}: no {RESULTS_BEGIN} ... {RESULTS_END} block to fill")
+    readme.write_text(pattern.sub(lambda _: f"{RESULTS_BEGIN}\n{table}\n{RESULTS_END}", text))

@@ -5,6 +5,7 @@ import json
 
 from rich.console import Console
 
+import cli
 from compress.pipeline import run_pipeline
 from compress.recipe import load_recipe
 from pipelines.report import print_summary, stage_list
@@ -46,7 +47,8 @@ SUMMARY = {
 
 def test_the_stage_list_follows_until():
     recipe = load_recipe(QUICKSTART, [])
-    assert stage_list(recipe).startswith("finetune (finetune) -> ltp_soft (ltp_soft) -> ltp_hard (ltp_hard) ->")
+    first_three = "finetune (finetune) -> ltp_soft (ltp_soft) -> ltp_hard (ltp_hard) ->"
+    assert stage_list(recipe).startswith(first_three)
     assert stage_list(recipe, "ltp_soft") == "finetune (finetune) -> ltp_soft (ltp_soft)"
 
 
@@ -85,3 +87,27 @@ def test_a_rerun_from_the_cache_reports_no_work_and_keeps_the_artifacts_seconds(
         ("finetune", "cached", "yes"),
         ("ltp_soft", "cached", "yes"),
     ]
+
+
+def test_results_table_fills_the_readme_block_from_summaries(tmp_path, capsys):
+    benchmark = stage("benchmark", "benchmark", 0.7649, 0.439, False)
+    benchmark["metrics"].update(speedup_final_vs_ort_int8_b1=1.6, speedup_final_vs_fp32_eager_b32=5.25)
+    summary = {**SUMMARY, "stages": [*SUMMARY["stages"], benchmark]}
+    summary["final"] = {**SUMMARY["final"], "bops_reduction_vs_fp16": 6.65}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- results:begin -->\nold\n<!-- results:end -->\nafter\n")
+    assert cli.main(["results", str(tmp_path / "summary.json"), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "old" not in text and text.endswith("<!-- results:end -->\nafter\n")
+    row = next(line for line in text.splitlines() if line.startswith("| `quickstart`"))
+    assert row == (
+        "| `quickstart` | sst2 | accuracy 0.7603 | 0.7649 (+0.5) | 0.541 -> 0.439 (1.23x) | 6.7x "
+        "| 1.60x / - | - / 5.25x |"
+    )
+
+
+def test_results_of_a_file_that_is_no_summary_is_one_line(tmp_path, capsys):
+    (tmp_path / "x.json").write_text("{}")
+    assert cli.main(["results", str(tmp_path / "x.json")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
