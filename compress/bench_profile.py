@@ -9,12 +9,15 @@ the same for the CUDA kernels. Both take a runner's `forward` and its batches.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import platform
-import subprocess
 import sys
 
+import cpuinfo
 import torch
+
+log = logging.getLogger(__name__)
 
 # The profiler's cost grows with the op count: at batch 1 a full pass would take longer than the timing.
 PROFILED_BATCHES = 64
@@ -79,7 +82,7 @@ def _native_stderr_silenced():
 
 
 def machine_info(threads: int) -> dict:
-    """The CPU model (lscpu), the thread count used, the GPU name or None; library versions."""
+    """The CPU model (py-cpuinfo), the thread count used, the GPU name or None; library versions."""
     import onnxruntime
     import torchao
     import transformers
@@ -96,12 +99,10 @@ def machine_info(threads: int) -> dict:
 
 
 def _cpu_name() -> str:
+    """The CPU's model name from py-cpuinfo; the platform's processor string if that fails."""
     try:
-        output = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or platform.machine()
-    for line in output.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "Model name":
-            return value.strip()
-    return platform.processor() or platform.machine()
+        name = cpuinfo.get_cpu_info().get("brand_raw")
+    except Exception as error:  # py-cpuinfo probes each OS its own way; any failure has the fallback
+        log.warning("py-cpuinfo could not read the CPU model (%s); using the platform's name", error)
+        name = None
+    return name or platform.processor() or platform.machine() or "unknown"

@@ -1,4 +1,4 @@
-"""GLUE metrics in plain numpy/scipy.
+"""GLUE metrics: scikit-learn's F1 and Matthews correlation, scipy's Pearson and Spearman.
 
 Degenerate inputs give 0.0 rather than NaN: a model that predicts one class everywhere
 (common early in training or after aggressive pruning) has Matthews correlation 0, and a
@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from scipy.stats import rankdata
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import f1_score
+from sklearn.metrics import matthews_corrcoef as sklearn_matthews
 
 from compress.tasks import TaskSpec
 
@@ -23,48 +25,36 @@ def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
 
 
 def f1(predictions: np.ndarray, labels: np.ndarray) -> float:
-    """Binary F1 with class 1 as the positive class; 0.0 when there is no true positive."""
+    """Binary F1 with class 1 as the positive class; 0.0 when there is no true positive.
+
+    Class ids beyond two (e.g. {0, 1, 2}) are scikit-learn's ValueError, not a count of 1 vs the rest.
+    """
     predictions, labels = _check_pair(predictions, labels)
-    tp = float(np.sum((predictions == 1) & (labels == 1)))
-    fp = float(np.sum((predictions == 1) & (labels != 1)))
-    fn = float(np.sum((predictions != 1) & (labels == 1)))
-    if tp == 0.0:
-        return 0.0
-    return 2.0 * tp / (2.0 * tp + fp + fn)
+    return float(f1_score(labels, predictions, pos_label=1, zero_division=0))
 
 
 def matthews_corrcoef(predictions: np.ndarray, labels: np.ndarray) -> float:
     """Matthews correlation (multi-class form of Gorodkin 2004); 0.0 if either side is constant."""
     predictions, labels = _check_pair(predictions, labels)
-    classes, encoded = np.unique(np.concatenate([labels, predictions]), return_inverse=True)
-    n, k = len(labels), len(classes)
-    true_ids, pred_ids = encoded[:n], encoded[n:]
-    confusion = np.zeros((k, k), dtype=np.float64)  # rows: true, columns: predicted
-    np.add.at(confusion, (true_ids, pred_ids), 1.0)
-    t = confusion.sum(axis=1)  # times each class truly occurred
-    p = confusion.sum(axis=0)  # times each class was predicted
-    c, s = np.trace(confusion), float(n)
-    denominator = np.sqrt((s * s - p @ p) * (s * s - t @ t))
-    if denominator == 0.0:
+    if _is_constant(predictions) or _is_constant(labels):  # sklearn gives 0.0 too, but warns on one label
         return 0.0
-    return float((c * s - t @ p) / denominator)
+    return float(sklearn_matthews(labels, predictions))
 
 
 def pearson(predictions: np.ndarray, labels: np.ndarray) -> float:
     """Pearson correlation; 0.0 when either input is constant."""
     x, y = _check_pair(predictions, labels)
-    x = x.astype(np.float64) - np.mean(x)
-    y = y.astype(np.float64) - np.mean(y)
-    denominator = np.sqrt(np.sum(x * x) * np.sum(y * y))
-    if denominator == 0.0:
+    if _is_constant(x) or _is_constant(y):  # scipy would warn and return NaN
         return 0.0
-    return float(np.clip(np.sum(x * y) / denominator, -1.0, 1.0))
+    return float(pearsonr(x.astype(np.float64), y.astype(np.float64)).statistic)  # clipped to [-1, 1]
 
 
 def spearman(predictions: np.ndarray, labels: np.ndarray) -> float:
     """Spearman rank correlation (Pearson on average ranks); 0.0 when either input is constant."""
     x, y = _check_pair(predictions, labels)
-    return pearson(rankdata(x), rankdata(y))
+    if _is_constant(x) or _is_constant(y):  # scipy would warn and return NaN
+        return 0.0
+    return float(spearmanr(x, y).statistic)
 
 
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
@@ -105,3 +95,7 @@ def _check_pair(predictions: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray
     if len(labels) == 0:
         raise ValueError("cannot compute a metric on zero examples")
     return predictions, labels
+
+
+def _is_constant(values: np.ndarray) -> bool:
+    return bool(np.all(values == values[0]))

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from tqdm.autonotebook import tqdm as notebook_or_plain_tqdm
 from tqdm.std import tqdm as plain_tqdm
+from transformers import get_linear_schedule_with_warmup
 
 from compress.errors import UserError
 from compress.evaluate import EvalResult
@@ -44,15 +45,6 @@ def show_progress() -> bool:
     return sys.stderr.isatty() or notebook_or_plain_tqdm is not plain_tqdm
 
 
-def linear_warmup_decay(optimizer, warmup_steps: int, total_steps: int):
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 def train(
     model: nn.Module,
     loader: DataLoader,
@@ -66,7 +58,9 @@ def train(
     """Train for `settings.epochs` (fractions allowed) and restore the kept checkpoint."""
     optimizer = torch.optim.AdamW(param_groups, lr=settings.lr)
     total_steps = max(1, math.ceil(len(loader) * settings.epochs))
-    scheduler = linear_warmup_decay(optimizer, int(settings.warmup_ratio * total_steps), total_steps)
+    warmup_steps = int(settings.warmup_ratio * total_steps)
+    # lr rises linearly from 0 over the warm-up steps, then falls linearly to 0 after the last step
+    scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)
     params = [p for group in param_groups for p in group["params"]]
     result, best_state, step = None, None, 0
     history: list[dict] = []

@@ -7,7 +7,6 @@ has the HTTP probe both use and the Prefect API's check (or start, for the local
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import functools
 import os
 import signal
@@ -19,6 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from filelock import FileLock
+
 from compress.errors import UserError
 
 HEALTH_TIMEOUT_S = 2.0
@@ -28,9 +29,11 @@ START_PREFECT = "run `prefect server start` and set PREFECT_API_URL=http://127.0
 
 @contextmanager
 def exclusive_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the file `path` across processes; released on exit."""
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    """Hold an exclusive lock on the file `path` across processes; released on exit.
+
+    filelock's FileLock: flock(2) on Linux and macOS, msvcrt's lock on Windows; waits as long as it takes.
+    """
+    with FileLock(path):
         yield
 
 

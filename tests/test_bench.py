@@ -7,7 +7,7 @@ import torch
 import yaml
 
 import cli
-from compress import varlen_attention
+from compress import bench_profile, varlen_attention
 from compress.artifacts import save_model
 from compress.bench import BenchSettings, add_ratios, resolve_target, run_bench
 from compress.bench_report import markdown_table, peer_table, write_report
@@ -170,6 +170,25 @@ def test_bench_json_keeps_the_contract(bench_models, tiny_model_dir, real_glue_d
     # per batch size: HF eager, ORT int8, pruned eager, pruned ORT int8, and the torch int8 final
     assert peers.count("\n| ") == 1 + 2 * 5 and "| 4 | final, eager int8 |" in peers
     assert paths["png"].stat().st_size > 0
+
+
+def test_machine_info_names_the_cpu_from_py_cpuinfo(monkeypatch):
+    monkeypatch.setattr(bench_profile.cpuinfo, "get_cpu_info", lambda: {"brand_raw": "Some CPU 9000"})
+    machine = bench_profile.machine_info(threads=3)
+    assert machine["cpu"] == "Some CPU 9000" and machine["threads"] == 3
+    assert {"gpu", "torch", "torchao", "transformers", "onnxruntime"} <= set(machine)
+
+
+def test_machine_info_falls_back_to_the_platform_cpu_name(monkeypatch):
+    def fail():
+        raise RuntimeError("no cpuid here")
+
+    monkeypatch.setattr(bench_profile.cpuinfo, "get_cpu_info", fail)
+    monkeypatch.setattr(bench_profile.platform, "processor", lambda: "")
+    monkeypatch.setattr(bench_profile.platform, "machine", lambda: "")
+    assert bench_profile.machine_info(threads=1)["cpu"] == "unknown"
+    monkeypatch.setattr(bench_profile.platform, "processor", lambda: "x86_64")
+    assert bench_profile.machine_info(threads=1)["cpu"] == "x86_64"
 
 
 def test_ratios_of_onnx_runtime_rows_and_devices_without_it():

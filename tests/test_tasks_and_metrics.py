@@ -1,6 +1,7 @@
 """GLUE task specs and metrics; expected metric values are worked out by hand below."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -141,6 +142,19 @@ def test_correlations_with_constant_input_are_zero():
     for metric in (pearson, spearman):
         assert metric(constant, varied) == 0.0
         assert metric(varied, constant) == 0.0
+
+
+def test_degenerate_inputs_give_zero_without_warnings():
+    # the libraries warn here (scikit-learn: one label, no positive; scipy: constant input)
+    ones, zeros, varied = np.ones(4), np.zeros(4), np.array([0.0, 1.0, 0.0, 1.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert f1(zeros, zeros) == 0.0
+        assert matthews_corrcoef(ones, ones) == 0.0
+        assert matthews_corrcoef(varied, zeros) == 0.0
+        for metric in (pearson, spearman):
+            assert metric(ones, varied) == 0.0
+            assert metric(np.array([1.0]), np.array([2.0])) == 0.0  # one example: constant
 
 
 def test_metrics_reject_mismatched_or_empty_inputs():

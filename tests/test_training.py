@@ -2,10 +2,12 @@
 
 import copy
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
+from torch import nn
 
 from compress.evaluate import EvalResult
 from compress.flops import EncoderCost
@@ -26,6 +28,38 @@ def tiny_recipe(model: Path, glue: Path, **finetune):
         },
         "tiny",
     )
+
+
+class _StubLoader(list):
+    """Batches, as train() reads them: iterated per epoch, with a sampler told the epoch."""
+
+    batch_sampler = SimpleNamespace(set_epoch=lambda epoch: None)
+
+
+def test_lr_warms_up_linearly_from_zero_then_decays_to_zero():
+    # 10 steps, warmup_ratio 0.2 -> 2 warm-up steps: lr x (0, 1/2), then x (10 - step) / 8 from step 2
+    model = nn.Linear(1, 1)
+    groups = [{"params": list(model.parameters()), "weight_decay": 0.0}]
+    used = []
+
+    def loss_fn(m, batch):
+        used.append(groups[0]["lr"])  # the lr the coming optimizer.step() applies
+        return m(batch["x"]).square().mean(), {}
+
+    counts = torch.ones(1, 2)
+    result = train(
+        model,
+        _StubLoader({"x": torch.ones(2, 1), "labels": torch.zeros(2)} for _ in range(5)),
+        loss_fn,
+        lambda m: EvalResult({"accuracy": 0.0}, "accuracy", 0.0, counts, counts, EncoderCost(1, 1), 0.0),
+        groups,
+        SimpleNamespace(lr=1e-3, epochs=2, warmup_ratio=0.2, max_grad_norm=1.0),
+        keep="last",
+    )
+    assert result.steps == 10
+    expected = [0.0, 0.5] + [(10 - step) / 8 for step in range(2, 10)]
+    assert used == pytest.approx([1e-3 * factor for factor in expected])
+    assert used[2] == pytest.approx(1e-3) and used[-1] == pytest.approx(1e-3 / 8)  # peak; last step
 
 
 def test_finetune_is_deterministic_on_cpu(tmp_path, tiny_model_dir, real_glue_dir):
