@@ -15,9 +15,15 @@ from compress.artifacts import write_json
 from compress.overrides import apply_overrides
 from compress.paths import check_simple_name
 from compress.pipeline import run_pipeline
-from compress.recipe import parse_recipe, read_yaml
+from compress.recipe import Recipe, parse_recipe, read_yaml
 
 log = logging.getLogger(__name__)
+
+
+def sweep_recipes(recipe_path: Path, key: str, values: list[str], overrides: list[str]) -> list[Recipe]:
+    """The recipe of each point, resolved whole (a swept `model` picks its own model_settings)."""
+    raw = read_yaml(recipe_path)
+    return [parse_recipe(apply_overrides(raw, [*overrides, f"{key}={v}"]), str(recipe_path)) for v in values]
 
 
 def run_sweep(
@@ -29,8 +35,7 @@ def run_sweep(
     use_cache: bool = True,
 ) -> dict:
     """One pipeline per value; returns and writes OUT/sweep_<key>.json, and plots OUT/sweep_<key>.png."""
-    raw = apply_overrides(read_yaml(recipe_path), overrides)
-    recipes = [parse_recipe(apply_overrides(raw, [f"{key}={value}"]), str(recipe_path)) for value in values]
+    recipes = sweep_recipes(recipe_path, key, values, overrides)
     run_dirs = [out_dir / check_simple_name(f"{key.split('.')[-1]}={value}", "--values") for value in values]
     rows = []
     for value, recipe, run_dir in zip(values, recipes, run_dirs, strict=True):

@@ -1,10 +1,13 @@
 """A sweep over one recipe key shares its unchanged stages and plots metric vs GFLOPs."""
 
 import json
+from pathlib import Path
 
 import yaml
 
-from compress.sweep import run_sweep
+from compress.sweep import run_sweep, sweep_recipes
+
+REPO = Path(__file__).resolve().parents[1]
 
 RECIPE = {
     "name": "tiny_sweep",
@@ -48,3 +51,8 @@ def test_a_widened_sweep_keeps_the_earlier_values(tmp_path, tiny_model_dir, real
     sweep = run_sweep(path, "stages.soft.lambda", ["0.5"], overrides, out)
     assert [row["value"] for row in sweep["rows"]] == ["0.0", "0.5"]
     assert len([p for p in (out / "stages").iterdir() if p.name.startswith("finetune")]) == 1
+
+
+def test_each_point_takes_the_model_settings_of_its_model():
+    recipes = sweep_recipes(REPO / "recipes/rte_int8.yaml", "model", ["roberta-base", "minilm"], [])
+    assert [r.stage("finetune").lr for r in recipes] == [2e-5, 5e-5]
