@@ -98,10 +98,15 @@ def sweep(
     data_dir: DataDirOption = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (default artifacts/<recipe>-sweep)")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute every stage")] = False,
+    workers: Annotated[int, typer.Option(min=1, help="Local Dask workers (processes; cores split)")] = 1,
+    address: Annotated[
+        str | None, typer.Option(help="Existing Dask scheduler, e.g. tcp://HOST:8786 (instead of --workers)")
+    ] = None,
 ) -> None:
-    """Run a recipe once per value of KEY; write sweep_KEY.json and an accuracy-vs-GFLOPs plot."""
+    """Run a recipe once per value of KEY, each a Prefect task on Dask; write sweep_KEY.json and an
+    accuracy-vs-GFLOPs plot (also on the sweep's MLflow run)."""
     from compress.paths import check_output_dir
-    from compress.sweep import run_sweep, sweep_file
+    from pipelines.sweep import run_sweep, sweep_file
 
     overrides = _overrides(set_, data_dir)
     name = _load(recipe, set_, data_dir).name
@@ -113,6 +118,8 @@ def sweep(
         overrides,
         out_dir,
         use_cache=not no_cache,
+        workers=workers,
+        address=address,
     )
     for row in result["rows"]:
         typer.echo(
@@ -236,6 +243,7 @@ def _configure_logs() -> None:
     for name in ("huggingface_hub", "datasets"):  # they print through a handler of their own, and
         logging.getLogger(name).propagate = False  # through ours: every hub retry would show twice
     logging.getLogger("matplotlib").setLevel(logging.WARNING)  # "generated new fontManager" (INFO)
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # a sweep's Dask cluster: a line per event
     logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)  # "building the font cache"
     if not sys.stderr.isatty():  # read by the libraries when they are imported or the bar is made
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' bars and the hub's

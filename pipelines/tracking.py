@@ -202,6 +202,46 @@ def pipeline_run(recipe: Recipe) -> Iterator[mlflow.ActiveRun]:
 
 
 @contextmanager
+def sweep_run(recipe: Recipe, key: str, values: list[str]) -> Iterator[mlflow.ActiveRun]:
+    """The parent run of a sweep, in experiment `<recipe>-sweep` (FAILED if the block raises)."""
+    uri = use_tracking_store()
+    client = MlflowClient(uri)
+    experiment = experiment_id(client, f"{recipe.name}-sweep", uri)
+    fail_orphaned_runs(client, experiment)
+    params = {"recipe": recipe.name, "task": recipe.task, "sweep.key": key, "sweep.values": ",".join(values)}
+    params["data.source"] = data_source(recipe)
+    with _mlflow_run(experiment_id=experiment, run_name=f"{recipe.name}: {key}", tags=_process_tags()) as run:
+        client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
+        client.log_text(run.info.run_id, dump_recipe(recipe), "recipe.yaml")
+        yield run
+
+
+@contextmanager
+def point_run(parent_run_id: str, recipe: Recipe, key: str, value: str) -> Iterator[mlflow.ActiveRun]:
+    """One point of a sweep, a child run of the sweep's run: the swept value and the recipe's settings."""
+    parent = MlflowClient().get_run(parent_run_id)
+    shared = recipe.model_dump(mode="json", by_alias=True, include={"seed", "data"})
+    params = {key: value, "model": recipe.model, **flatten(shared)}
+    with _mlflow_run(
+        experiment_id=parent.info.experiment_id,
+        run_name=f"{key}={value}",
+        nested=True,
+        parent_run_id=parent_run_id,
+        tags=_process_tags(),
+    ) as run:
+        MlflowClient().log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        yield run
+
+
+def log_point(run_id: str, row: dict) -> None:
+    """A sweep point's numbers as metrics: score, GFLOPs, reductions, `tokens_layer_<i>`."""
+    metrics = {k: v for k, v in row.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    metrics.update({f"tokens_layer_{i}": v for i, v in enumerate(row["tokens_per_layer"])})
+    now = _now_ms()
+    MlflowClient().log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+
+
+@contextmanager
 def _mlflow_run(**start_run) -> Iterator[mlflow.ActiveRun]:
     """`mlflow.start_run`; a run stopped by a signal (Ctrl-C, SIGTERM) ends KILLED, not FAILED."""
     run = None

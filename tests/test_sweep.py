@@ -4,8 +4,9 @@ import json
 from pathlib import Path
 
 import yaml
+from mlflow.tracking import MlflowClient
 
-from compress.sweep import run_sweep, sweep_recipes
+from pipelines.sweep import run_sweep, sweep_recipes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,11 +29,14 @@ RECIPE = {
 }
 
 
-def test_sweep_shares_the_finetune_stage_and_plots(tmp_path, tiny_model_dir, real_glue_dir):
+def test_sweep_on_a_local_dask_cluster_shares_the_finetune_stage_and_plots(
+    tmp_path, tiny_model_dir, real_glue_dir, prefect_harness
+):
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump({**RECIPE, "model": str(tiny_model_dir)}))
     out = tmp_path / "sweep"
-    sweep = run_sweep(path, "stages.soft.lambda", ["0.0", "0.5"], [f"data.dir={real_glue_dir}"], out)
+    overrides = [f"data.dir={real_glue_dir}"]
+    sweep = run_sweep(path, "stages.soft.lambda", ["0.0", "0.5"], overrides, out, workers=2)
     assert [row["value"] for row in sweep["rows"]] == ["0.0", "0.5"]
     stage_dirs = sorted(p.name.split("-")[0] for p in (out / "stages").iterdir())
     assert stage_dirs == ["finetune", "hard", "hard", "soft", "soft"], "finetune ran once for both values"
@@ -41,9 +45,19 @@ def test_sweep_shares_the_finetune_stage_and_plots(tmp_path, tiny_model_dir, rea
         assert summary["final"]["gflops"] == row["gflops"] > 0
     assert json.loads((out / "sweep_stages.soft.lambda.json").read_text()) == sweep
     assert (out / "sweep_stages.soft.lambda.png").stat().st_size > 1000
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("tiny_sweep-sweep")
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])
+    parent = next(run for run in runs if run.data.params.get("sweep.key") == "stages.soft.lambda")
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    points = sorted(run.data.params.get("stages.soft.lambda", "-") for run in children)
+    assert points == ["-", "0.0", "0.5"], "one child run per point, beside the shared finetune stage"
+    assert [run.info.run_name for run in children].count("finetune") == 1
+    artifacts = {item.path for item in client.list_artifacts(parent.info.run_id)}
+    assert {"sweep_stages.soft.lambda.json", "sweep_stages.soft.lambda.png"} <= artifacts
 
 
-def test_a_widened_sweep_keeps_the_earlier_values(tmp_path, tiny_model_dir, real_glue_dir):
+def test_a_widened_sweep_keeps_the_earlier_values(tmp_path, tiny_model_dir, real_glue_dir, prefect_harness):
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump({**RECIPE, "model": str(tiny_model_dir)}))
     out, overrides = tmp_path / "sweep", [f"data.dir={real_glue_dir}"]
