@@ -48,20 +48,35 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
     console = console or Console()
     final = summary["final"]
     console.print(summary_table(summary))
+    speeds = _speedups(summary)
     console.print(
         f"final: {final['metric']} {final['value']:.4f} (baseline {final['baseline_value']:.4f}), "
         f"{final['gflops']:.4g} GFLOPs ({final['gflops_reduction']:.2f}x fewer than "
-        f"{final['baseline_gflops']:.4g})",
+        f"{final['baseline_gflops']:.4g}), {final['bops_reduction_vs_fp16']:.1f}x fewer BOPs than FP16"
+        + (f"; {speeds}" if speeds else ""),
         highlight=False,
         soft_wrap=True,
     )
 
 
+def _speedups(summary: dict) -> str:
+    """'batch 1: 1.63x ONNX Runtime int8, 7.64x HF fp32 eager; batch 32: ...' from a benchmark stage."""
+    metrics = next((s["metrics"] for s in summary["stages"] if s["kind"] == "benchmark"), {})
+    peers = {"speedup_final_vs_ort_int8_b": "ONNX Runtime int8"}
+    peers["speedup_final_vs_fp32_eager_b"] = "HF fp32 eager"
+    by_batch: dict[int, list[str]] = {}
+    for key, value in metrics.items():
+        for prefix, peer in peers.items():
+            if key.startswith(prefix):
+                by_batch.setdefault(int(key.removeprefix(prefix)), []).append(f"{value:.2f}x {peer}")
+    return "; ".join(f"batch {batch}: {', '.join(parts)}" for batch, parts in sorted(by_batch.items()))
+
+
 RESULTS_BEGIN, RESULTS_END = "<!-- results:begin -->", "<!-- results:end -->"
 RESULTS_HEADER = (
-    "| recipe | task | teacher | final | GFLOPs teacher -> final | BOPs vs FP16 "
+    "| recipe | model | task | teacher | final | GFLOPs teacher -> final | BOPs vs FP16 "
     "| vs ONNX Runtime int8, batch 1 / 32 | vs HF fp32 eager, batch 1 / 32 |\n"
-    "|---|---|---|---|---|---|---|---|"
+    "|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -79,7 +94,8 @@ def results_row(summary: dict) -> str:
         return " / ".join("-" if v is None else f"{v:.2f}x" for v in values)
 
     return (
-        f"| `{summary['recipe']}` | {summary['task']} | {final['metric']} {final['baseline_value']:.4f} "
+        f"| `{summary['recipe']}` | {summary['model']} | {summary['task']} "
+        f"| {final['metric']} {final['baseline_value']:.4f} "
         f"| {final['value']:.4f} ({delta:+.1f}) "
         f"| {final['baseline_gflops']:.3f} -> {final['gflops']:.3f} ({final['gflops_reduction']:.2f}x) "
         f"| {final['bops_reduction_vs_fp16']:.1f}x "

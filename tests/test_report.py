@@ -41,6 +41,7 @@ SUMMARY = {
         "gflops": 0.439,
         "baseline_gflops": 0.541,
         "gflops_reduction": 1.2323,
+        "bops_reduction_vs_fp16": 0.49,
     },
 }
 
@@ -63,7 +64,8 @@ def test_the_summary_table_has_a_row_per_stage_and_the_final_line():
     assert [row[0] for row in rows[1:]] == ["finetune", "ltp_soft", "ltp_hard"]
     assert [row[-1] for row in rows[1:]] == ["yes", "no", "no"]
     assert printed.splitlines()[-1] == (
-        "final: accuracy 0.7649 (baseline 0.7603), 0.439 GFLOPs (1.23x fewer than 0.541)"
+        "final: accuracy 0.7649 (baseline 0.7603), 0.439 GFLOPs (1.23x fewer than 0.541), "
+        "0.5x fewer BOPs than FP16"
     )
 
 
@@ -94,6 +96,10 @@ def test_results_table_fills_the_readme_block_from_summaries(tmp_path, capsys):
     benchmark["metrics"].update(speedup_final_vs_ort_int8_b1=1.6, speedup_final_vs_fp32_eager_b32=5.25)
     summary = {**SUMMARY, "stages": [*SUMMARY["stages"], benchmark]}
     summary["final"] = {**SUMMARY["final"], "bops_reduction_vs_fp16": 6.65}
+    out = io.StringIO()
+    print_summary(summary, Console(file=out, width=300))
+    speeds = "6.7x fewer BOPs than FP16; batch 1: 1.60x ONNX Runtime int8; batch 32: 5.25x HF fp32 eager"
+    assert speeds in out.getvalue()
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     readme = tmp_path / "README.md"
     readme.write_text("# x\n<!-- results:begin -->\nold\n<!-- results:end -->\nafter\n")
@@ -102,7 +108,7 @@ def test_results_table_fills_the_readme_block_from_summaries(tmp_path, capsys):
     assert "old" not in text and text.endswith("<!-- results:end -->\nafter\n")
     row = next(line for line in text.splitlines() if line.startswith("| `quickstart`"))
     assert row == (
-        "| `quickstart` | sst2 | accuracy 0.7603 | 0.7649 (+0.5) | 0.541 -> 0.439 (1.23x) | 6.7x "
+        "| `quickstart` | minilm | sst2 | accuracy 0.7603 | 0.7649 (+0.5) | 0.541 -> 0.439 (1.23x) | 6.7x "
         "| 1.60x / - | - / 5.25x |"
     )
 
