@@ -63,14 +63,18 @@ def load_glue(
     """
     if data_dir is None:
         return _load_glue_hub(task, hub_id, need_train, cache_dir)
-    files = {"train": task.train_file} if need_train else {}
-    files.update(task.eval_files)
     splits = {}
-    for split, name in files.items():
-        path = Path(data_dir) / task.glue_dir / name
+    for split, path in glue_files(task, data_dir, need_train).items():
         require_file(path, f"task {task.name} ({split} split): data file")
         splits[split] = read_glue_tsv(task, path)
     return splits
+
+
+def glue_files(task: TaskSpec, data_dir: Path, need_train: bool = True) -> dict[str, Path]:
+    """The files a task reads from a GLUE-layout folder, by split (train first when needed)."""
+    names = {"train": task.train_file} if need_train else {}
+    names.update(task.eval_files)
+    return {split: Path(data_dir) / task.glue_dir / name for split, name in names.items()}
 
 
 def _load_glue_hub(

@@ -66,8 +66,7 @@ def data_identity(recipe: Recipe, need_train: bool) -> dict:
     if data_dir is None:
         return {"hub": data.HUB_ID}
     task = get_task(recipe.task)
-    names = {**({"train": task.train_file} if need_train else {}), **task.eval_files}
-    files = {split: data_dir / task.glue_dir / name for split, name in names.items()}
+    files = data.glue_files(task, data_dir, need_train)
     for split, path in files.items():
         require_file(path, f"task {task.name} ({split} split): data file")
     return {split: {"sha256": file_digest(path)} for split, path in files.items()}

@@ -83,8 +83,7 @@ def _data_sources(recipe: Recipe, task: TaskSpec) -> dict[str, str]:
     if data_dir is None:
         hub_splits = {"train": "train", **task.hub_eval_splits}
         return {split: f"{data.HUB_ID} {task.hub_config}/{hub}" for split, hub in hub_splits.items()}
-    files = {"train": task.train_file, **task.eval_files}
-    return {split: str(data_dir / task.glue_dir / name) for split, name in files.items()}
+    return {split: str(path) for split, path in data.glue_files(task, data_dir).items()}
 
 
 def _check_train_set(task: TaskSpec, train: list[dict], source: str, total: int) -> None:

@@ -72,16 +72,18 @@ def output_dir(recipe: Recipe, out_dir: str | Path | None) -> Path:
 
 # Prefect's caching is off: compress.pipeline.cached_result is the cache (keyed on config,
 # upstream keys and code version), and hashing task inputs would buy nothing.
-@task(name="run_stage", retries=0, cache_policy=NO_CACHE, task_run_name="{step.config.name}")
-def run_stage_task(
-    step: PlannedStage, use_cache: bool = True, parent_run_id: str | None = None
-) -> StageResult:
+def run_stage(step: PlannedStage, use_cache: bool = True, parent_run_id: str | None = None) -> StageResult:
     """Reuse the stage's artifact when its cache key matches, else run the stage; log a nested run."""
     with tracking.stage_run(parent_run_id, step) as run:
         result = run_or_reuse(step, use_cache)
         if run is not None:
             tracking.log_stage(run.info.run_id, result)
     return result
+
+
+run_stage_task = task(name="run_stage", retries=0, cache_policy=NO_CACHE, task_run_name="{step.config.name}")(
+    run_stage
+)
 
 
 @task(name="register_model", retries=0, cache_policy=NO_CACHE)

@@ -59,9 +59,14 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
     )
 
 
+def benchmark_metrics(summary: dict) -> dict:
+    """The metrics of a run's benchmark stage (the speed-ups), or {} when it has none."""
+    return next((stage["metrics"] for stage in summary["stages"] if stage["kind"] == "benchmark"), {})
+
+
 def _speedups(summary: dict) -> str:
     """'batch 1: 1.63x ONNX Runtime int8, 7.64x HF fp32 eager; batch 32: ...' from a benchmark stage."""
-    metrics = next((s["metrics"] for s in summary["stages"] if s["kind"] == "benchmark"), {})
+    metrics = benchmark_metrics(summary)
     peers = {"speedup_final_vs_ort_int8_b": "ONNX Runtime int8"}
     peers["speedup_final_vs_fp32_eager_b"] = "HF fp32 eager"
     by_batch: dict[int, list[str]] = {}
@@ -85,9 +90,7 @@ def results_row(summary: dict) -> str:
     model's speed-ups from its benchmark stage (if it has one) at batch 1 and 32."""
     final = summary["final"]
     delta = 100 * (final["value"] - final["baseline_value"])
-    speeds = {}
-    for stage in summary["stages"]:
-        speeds.update(stage["metrics"] if stage["kind"] == "benchmark" else {})
+    speeds = benchmark_metrics(summary)
 
     def pair(prefix: str) -> str:
         values = [speeds.get(f"{prefix}_b{batch}") for batch in (1, 32)]

@@ -30,10 +30,10 @@ from prefect_dask import DaskTaskRunner
 from compress.artifacts import write_json
 from compress.overrides import apply_overrides
 from compress.paths import check_simple_name
-from compress.pipeline import PlannedStage, plan, preflight, run_or_reuse, run_pipeline
+from compress.pipeline import PlannedStage, plan, preflight, run_pipeline
 from compress.recipe import Recipe, parse_recipe, read_yaml
 from pipelines import tracking
-from pipelines.flow import run_stage_task
+from pipelines.flow import run_stage, run_stage_task
 from pipelines.servers import ensure_prefect_api
 
 log = logging.getLogger(__name__)
@@ -168,10 +168,9 @@ def run_point_task(
     with tracking.point_run(parent_run_id, recipe, key, value) as run:
 
         def execute(step: PlannedStage):
-            with tracking.stage_run(run.info.run_id, step) as stage:
-                result = run_or_reuse(step, settings.use_cache or step.cache_key in settings.shared_keys)
-                tracking.log_stage(stage.info.run_id, result)
-            return result
+            return run_stage(
+                step, settings.use_cache or step.cache_key in settings.shared_keys, run.info.run_id
+            )
 
         summary = run_pipeline(recipe, Path(run_dir), execute=execute, stage_root=Path(settings.stage_root))
         tracking.log_point(run.info.run_id, sweep_row(value, summary))
