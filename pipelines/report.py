@@ -118,9 +118,14 @@ def results_table(paths: list[Path]) -> str:
 
 
 def replace_results(readme: Path, table: str) -> None:
-    """Put `table` between the results markers of `readme` (written back in place)."""
-    text = readme.read_text()
+    """Put `table` between the results markers of `readme` (written back whole, by a rename)."""
+    try:
+        text = readme.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"--readme {readme}: cannot read it ({type(error).__name__})") from None
     pattern = re.compile(re.escape(RESULTS_BEGIN) + ".*?" + re.escape(RESULTS_END), re.S)
     if not pattern.search(text):
         raise UserError(f"{readme}: no {RESULTS_BEGIN} ... {RESULTS_END} block to fill")
-    readme.write_text(pattern.sub(lambda _: f"{RESULTS_BEGIN}\n{table}\n{RESULTS_END}", text))
+    scratch = readme.with_name(f".{readme.name}.partial")
+    scratch.write_text(pattern.sub(lambda _: f"{RESULTS_BEGIN}\n{table}\n{RESULTS_END}", text))
+    scratch.replace(readme)

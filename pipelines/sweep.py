@@ -28,10 +28,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect_dask import DaskTaskRunner
 
 from compress.artifacts import write_json
+from compress.errors import UserError
 from compress.overrides import apply_overrides
 from compress.paths import check_simple_name
 from compress.pipeline import PlannedStage, plan, preflight, run_pipeline
 from compress.recipe import Recipe, parse_recipe, read_yaml
+from compress.user_input import quote
 from pipelines import tracking
 from pipelines.flow import run_stage, run_stage_task
 from pipelines.servers import ensure_prefect_api
@@ -60,6 +62,8 @@ def run_sweep(
     for recipe in recipes:
         preflight(recipe)
     tracking.check_tracking()
+    if address:
+        _check_scheduler(address)
     api_url = ensure_prefect_api()
     threads = max(1, (os.cpu_count() or 1) // workers)
     if address:
@@ -77,6 +81,17 @@ def run_sweep(
         return sweep_flow.with_options(task_runner=runner)(
             recipes, key, values, str(out_dir), use_cache, None if address else threads
         )
+
+
+def _check_scheduler(address: str) -> None:
+    """A Dask scheduler answers at `address`, or one line (before any stage runs)."""
+    from distributed import Client
+
+    try:
+        Client(address, timeout=10).close()
+    except (OSError, TimeoutError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0][:120] if str(error).strip() else type(error).__name__
+        raise UserError(f"--address {quote(address)}: no Dask scheduler answers there ({reason})") from None
 
 
 @contextmanager

@@ -117,3 +117,9 @@ def test_results_of_a_file_that_is_no_summary_is_one_line(tmp_path, capsys):
     (tmp_path / "x.json").write_text("{}")
     assert cli.main(["results", str(tmp_path / "x.json")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_results_into_a_missing_readme_is_one_line(tmp_path, capsys):
+    (tmp_path / "summary.json").write_text(json.dumps({**SUMMARY, "final": {**SUMMARY["final"]}}))
+    assert cli.main(["results", str(tmp_path / "summary.json"), "--readme", str(tmp_path / "no.md")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1 and not list(tmp_path.glob("*.md"))

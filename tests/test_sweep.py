@@ -6,6 +6,7 @@ from pathlib import Path
 import yaml
 from mlflow.tracking import MlflowClient
 
+import cli
 from pipelines.sweep import run_sweep, sweep_recipes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,3 +71,22 @@ def test_a_widened_sweep_keeps_the_earlier_values(tmp_path, tiny_model_dir, real
 def test_each_point_takes_the_model_settings_of_its_model():
     recipes = sweep_recipes(REPO / "recipes/rte_int8.yaml", "model", ["roberta-base", "minilm"], [])
     assert [r.stage("finetune").lr for r in recipes] == [2e-5, 5e-5]
+
+
+def test_an_address_where_no_scheduler_answers_is_one_line(tmp_path, tiny_model_dir, real_glue_dir, capsys):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({**RECIPE, "model": str(tiny_model_dir)}))
+    args = [
+        "sweep",
+        str(path),
+        "--key",
+        "stages.soft.lambda",
+        "--values",
+        "0.0",
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    args += ["--data-dir", str(real_glue_dir), "--address", "tcp://127.0.0.1:1"]
+    assert cli.main(args) == 2
+    assert "no Dask scheduler answers there" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
