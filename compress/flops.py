@@ -60,15 +60,30 @@ class EncoderCost:
         return linear + self.attention_macs * precision.attention_bits**2
 
 
+def layer_macs(hidden_size: int, ffn_size: int, n_in: torch.Tensor, n_keep: torch.Tensor):
+    """(linear, attention) MACs of the layers whose token counts are given, elementwise.
+
+    Differentiable in the counts, so soft (expected) counts give expected MACs."""
+    d, f = hidden_size, ffn_size
+    return 3 * d * d * n_in + (d * d + 2 * d * f) * n_keep, 2 * d * n_in * n_in
+
+
 def encoder_cost(
     hidden_size: int, ffn_size: int, tokens_in: torch.Tensor, tokens_kept: torch.Tensor
 ) -> EncoderCost:
     """Mean MACs per example from (E, L) counts of tokens entering / surviving each layer."""
-    d, f = hidden_size, ffn_size
-    n_in, n_keep = tokens_in.double(), tokens_kept.double()  # (E, L)
-    linear = 3 * d * d * n_in + d * d * n_keep + 2 * d * f * n_keep
-    attention = 2 * d * n_in * n_in
+    linear, attention = layer_macs(hidden_size, ffn_size, tokens_in.double(), tokens_kept.double())
     return EncoderCost(float(linear.sum(1).mean()), float(attention.sum(1).mean()))
+
+
+def macs_fraction(config, tokens_in: torch.Tensor, tokens_kept: torch.Tensor) -> torch.Tensor:
+    """The encoder MACs of a batch relative to the same batch unpruned: () from (B, L) counts,
+    differentiable in them (the soft stage's expected counts give its expected fraction)."""
+    d, f = config.hidden_size, config.intermediate_size
+    lengths = tokens_in[:, :1].expand_as(tokens_in)
+    pruned = sum(layer_macs(d, f, tokens_in, tokens_kept))
+    unpruned = sum(layer_macs(d, f, lengths, lengths))
+    return pruned.sum() / unpruned.sum()
 
 
 def cost_from_config(config, tokens_in: torch.Tensor, tokens_kept: torch.Tensor) -> EncoderCost:

@@ -43,6 +43,7 @@ class PruningSpec(BaseModel):
     max_length: int = Field(128, ge=1)
     final_threshold: float = Field(0.01, ge=0)  # theta_final (ltp)
     temperature: float = Field(1e-3, gt=0)  # T of the soft mask (ltp)
+    prune_from_layer: int = Field(1, ge=0)  # first layer with a threshold (ltp); LTP's theta_0 is 0
     threshold_offsets: list[float] = []  # learned delta_l per layer (ltp); may be negative
     keep_ratios: list[Annotated[float, Field(gt=0, le=1)]] = []  # fraction kept per layer (topk)
 
@@ -69,6 +70,8 @@ class PruningSpec(BaseModel):
             raise UserError(f"{source}: keep_ratios has {ratios} entries, {layers}")
         if offsets and offsets != num_layers:
             raise UserError(f"{source}: threshold_offsets has {offsets} entries, {layers}")
+        if self.method == "ltp" and self.prune_from_layer >= num_layers:
+            raise UserError(f"{source}: prune_from_layer is {self.prune_from_layer}, {layers}")
 
 
 def linear_keep_ratios(num_layers: int, final_keep_ratio: float, start_layer: int) -> list[float]:
@@ -86,8 +89,8 @@ def linear_keep_ratios(num_layers: int, final_keep_ratio: float, start_layer: in
 @dataclass
 class PrunedOutput:
     logits: torch.Tensor  # (B, C)
-    tokens_in: torch.Tensor  # (B, L) tokens entering each layer
-    tokens_kept: torch.Tensor  # (B, L) tokens surviving each layer's pruning
+    tokens_in: torch.Tensor  # (B, L) tokens entering each layer (soft mode: expected, differentiable)
+    tokens_kept: torch.Tensor  # (B, L) tokens surviving each layer's pruning (soft mode: expected)
     kept_fraction: torch.Tensor  # () sum over layers of the mean (soft) mask: LTP's L1 term
     cls_hidden: torch.Tensor  # (B, d) final hidden state of [CLS], for hidden-state distillation
 
@@ -213,10 +216,10 @@ class PrunableModel(nn.Module):
         return next(self.hf_model.parameters()).device  # CUDA for int4 weight-only models
 
     def thresholds(self) -> torch.Tensor:
-        """theta_l = theta_final * l / L + delta_l, and theta_0 = 0 (the first layer prunes nothing)."""
+        """theta_l = theta_final * l / L + delta_l; 0 (nothing pruned) below `prune_from_layer`."""
         layers = torch.arange(self.num_layers, dtype=torch.float32, device=self.threshold_offsets.device)
         theta = self.spec.final_threshold * layers / self.num_layers + self.threshold_offsets
-        return theta * (layers > 0)
+        return theta * (layers >= self.spec.prune_from_layer)
 
     def export_spec(self) -> PruningSpec | None:
         """The spec with the learned offsets written back (to save beside the weights)."""
@@ -235,19 +238,21 @@ class PrunableModel(nn.Module):
         return self._forward_hard(h, attention_mask.bool(), drop=mode == "drop")
 
     def _forward_soft(self, h: torch.Tensor, attention_mask: torch.Tensor) -> PrunedOutput:
-        """Every token stays in the tensors, weighted by its soft mask (LTP's soft stage)."""
+        """Every token stays in the tensors, weighted by its soft mask (LTP's soft stage). Token
+        counts are the masks' sums: expected counts, differentiable (for a FLOPs budget)."""
         live = attention_mask.to(h.dtype)  # (B, n) token weights: 1 live, 0 padding, soft in between
         lengths = attention_mask.sum(dim=1)  # (B,)
         theta = self.thresholds().to(h.device)
         tokens_in, tokens_kept, kept_fraction = [], [], h.new_zeros((), dtype=torch.float32)
         for index, layer in enumerate(self.hf_model.base_model.encoder.layer):
-            tokens_in.append((live > 0).sum(dim=1))
+            tokens_in.append(live.sum(dim=1))
             context, probs = _self_attention(layer, h, _key_bias(live), self.training, self.int8_attention)
-            score = token_importance(probs, live, self.spec.max_length)  # (B, n)
-            live = self._soft_mask(score, theta[index]) * live  # (B, n)
+            if self._prunes(index):  # as in the hard modes: a layer without a threshold keeps every token
+                score = token_importance(probs, live, self.spec.max_length)  # (B, n)
+                live = self._soft_mask(score, theta[index]) * live  # (B, n)
             h = _finish_layer(layer, context, h) * live[..., None]
             kept_fraction = kept_fraction + live.sum() / lengths.sum()
-            tokens_kept.append((live > 0.5).sum(dim=1))
+            tokens_kept.append(live.sum(dim=1))
         return PrunedOutput(
             logits=self._classify(h),
             tokens_in=torch.stack(tokens_in, dim=1),
@@ -284,8 +289,11 @@ class PrunableModel(nn.Module):
         )
 
     def _prunes(self, index: int) -> bool:
-        """Whether layer `index` can drop a token: LTP's theta_0 is 0, a top-k ratio of 1 keeps all."""
-        return index > 0 if self.spec.method == "ltp" else self.spec.keep_ratios[index] < 1
+        """Whether layer `index` can drop a token: LTP's layers from `prune_from_layer` on, top-k's
+        layers with a ratio below 1."""
+        if self.spec.method == "ltp":
+            return index >= self.spec.prune_from_layer
+        return self.spec.keep_ratios[index] < 1
 
     def _soft_mask(self, score: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         mask = torch.sigmoid((score - theta) / self.spec.temperature)

@@ -95,6 +95,19 @@ class LTPSoftConfig(TrainingConfig):
     temperature: float = Field(1e-3, gt=0)  # T of the sigmoid mask
     lambda_: float = Field(0.1, ge=0, alias="lambda")  # weight of the kept-token (L1) term
     threshold_lr: float = Field(1e-4, gt=0)  # own AdamW group, no weight decay
+    prune_from_layer: int = Field(1, ge=0)  # LTP: 1 (layer 0 keeps every token); 0 prunes after its attention
+    # a FLOPs budget instead of lambda (compress.budget): GFLOPs reduction to reach, e.g. 3.0
+    target_gflops_reduction: float | None = Field(None, gt=1, le=100)
+    budget_lr: float = Field(0.01, gt=0)  # AdamW lr of the Lagrangian multipliers
+    budget_warmup: float = Field(
+        0.5, ge=0, le=1
+    )  # fraction of steps over which the target falls to its value
+
+    @model_validator(mode="after")
+    def _one_pressure(self):
+        if self.target_gflops_reduction is not None and "lambda_" in self.model_fields_set:
+            raise ValueError("set lambda or target_gflops_reduction, not both (the budget replaces lambda)")
+        return self
 
 
 class LTPHardConfig(TrainingConfig):

@@ -307,9 +307,14 @@ def log_stage(run_id: str, result: StageResult) -> None:
                 continue
             name = key if key == "train_loss" else f"epoch_{key}"
             rows.append(Metric(name, float(value), now, step))
+    for point in result.trace:  # a FLOPs budget's trajectory, per training step
+        for key in ("fraction", "target", "lambda_1"):
+            rows.append(Metric(f"budget_{key}", float(point[key]), now, int(point["step"])))
     client.log_batch(run_id, metrics=rows, tags=[RunTag("cached", str(result.cached).lower())])
     if (Path(result.artifact) / PRUNING_FILE).is_file():
         log_tokens_plot(client, run_id, result)
+    if result.trace:
+        log_budget_plot(client, run_id, result)
     for report in sorted(Path(result.artifact).glob("bench.*")):
         client.log_artifact(run_id, str(report))
 
@@ -335,5 +340,27 @@ def log_tokens_plot(client: MlflowClient, run_id: str, result: StageResult) -> N
     fig.tight_layout()
     try:
         client.log_figure(run_id, fig, "tokens_per_layer.png")
+    finally:
+        plt.close(fig)
+
+
+def log_budget_plot(client: MlflowClient, run_id: str, result: StageResult) -> None:
+    """The soft stage's expected FLOPs fraction against its (warming-up) target, per step: budget.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [point["step"] for point in result.trace]
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot(steps, [point["fraction"] for point in result.trace], label="expected FLOPs (train batch)")
+    ax.plot(steps, [point["target"] for point in result.trace], "--", label="target")
+    ax.set_xlabel("step")
+    ax.set_ylabel("FLOPs / unpruned")
+    ax.set_title(f"{result.name}: FLOPs budget")
+    ax.legend()
+    fig.tight_layout()
+    try:
+        client.log_figure(run_id, fig, "budget.png")
     finally:
         plt.close(fig)

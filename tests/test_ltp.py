@@ -181,8 +181,9 @@ def test_flops_of_a_pruned_run_are_the_mean_over_recorded_counts():
     assert cost.gflops == pytest.approx(2 * expected / 1e9)
 
 
-def soft_stage_run(model_dir, glue_dir, out, final_threshold):
-    """A one-stage recipe (ltp_soft, one step) on a 3-layer copy of the tiny model; its summary."""
+def soft_stage_run(model_dir, glue_dir, out, **settings):
+    """A one-stage recipe (ltp_soft with `settings`, one step) on a 3-layer copy of the tiny model;
+    its summary."""
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     from compress.pipeline import run_pipeline
@@ -193,7 +194,7 @@ def soft_stage_run(model_dir, glue_dir, out, final_threshold):
         out / "model"
     )
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(out / "model")
-    stage = {"name": "soft", "kind": "ltp_soft", "final_threshold": final_threshold, "batch_size": 16}
+    stage = {"name": "soft", "kind": "ltp_soft", "batch_size": 16, **settings}
     recipe = {"name": "tiny_soft", "model": str(out / "model"), "task": "sst2", "stages": [stage]}
     recipe["data"] = {"dir": str(glue_dir), "max_train_samples": 16, "max_eval_samples": 16}
     return run_pipeline(parse_recipe(recipe, "tiny_soft"), out / "run")

@@ -32,6 +32,7 @@ class StageResult:
     seconds: float
     cached: bool = False
     history: list[dict] = field(default_factory=list)  # per epoch
+    trace: list[dict] = field(default_factory=list)  # per training step (a FLOPs budget's trajectory)
 
     def to_dict(self) -> dict:
         return asdict(self)

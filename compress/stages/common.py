@@ -34,17 +34,12 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> t
     return F.cross_entropy(logits, labels)
 
 
-def supervised_loss(regression: bool, mode: Mode, kept_weight: float = 0.0):
-    """Task loss (+ kept_weight * sum over layers of the mean mask: LTP's L1 term)."""
+def supervised_loss(regression: bool, mode: Mode):
+    """The task loss of the model's forward in `mode`."""
 
     def loss_fn(model: PrunableModel, batch: dict):
         out = model(**model_inputs(batch), mode=mode)
-        loss = task_loss(out.logits, batch["labels"], regression)
-        logs = {}
-        if kept_weight:
-            loss = loss + kept_weight * out.kept_fraction
-            logs["kept"] = float(out.kept_fraction.detach()) / model.num_layers
-        return loss, logs
+        return task_loss(out.logits, batch["labels"], regression), {}
 
     return loss_fn
 
@@ -73,6 +68,7 @@ def save_stage(
     started: float,
     trained: TrainResult | None = None,
     precision: Precision = FP32,
+    trace: list[dict] | None = None,
 ) -> StageResult:
     """Write the artifact (weights, tokenizer, pruning spec, resolved recipe, result) atomically."""
     metrics = dict(evaluation.metrics)
@@ -90,6 +86,7 @@ def save_stage(
         tokens_per_layer=evaluation.tokens_per_layer,
         seconds=round(time.perf_counter() - started, 2),
         history=trained.history if trained else [],
+        trace=trace or [],
     )
     with atomic_directory(inputs.output_dir) as scratch:
         save_model(model, tokenizer, scratch)
@@ -107,11 +104,11 @@ def train_and_save(
     started: float,
     train_mode: Mode = "drop",
     groups: list[dict] | None = None,
-    kept_weight: float = 0.0,
     keep: str = "best",
+    loss_fn=None,
 ) -> StageResult:
     """The common body of a training stage: train on the task, evaluate with tokens dropped, save."""
-    trained = train_model(config, model, task_data, train_mode, groups, kept_weight, keep)
+    trained = train_model(config, model, task_data, train_mode, groups, keep, loss_fn)
     return save_stage(inputs, config, model, tokenizer, task_data, trained.best, started, trained)
 
 
@@ -121,18 +118,17 @@ def train_model(
     task_data: TaskData,
     train_mode: Mode = "drop",
     groups: list[dict] | None = None,
-    kept_weight: float = 0.0,
     keep: str = "best",
     loss_fn=None,
 ) -> TrainResult:
     """Train with the stage's settings; evaluation drops tokens when the model prunes.
 
-    The loss is the task loss (+ kept_weight * LTP's L1 term) unless `loss_fn` is given."""
+    The loss is the task loss in `train_mode` unless the stage builds its own `loss_fn`."""
     eval_mode = "off" if model.spec is None else "drop"
     return train(
         model,
         task_data.train_loader(config.batch_size),
-        loss_fn or supervised_loss(task_data.task.is_regression, train_mode, kept_weight),
+        loss_fn or supervised_loss(task_data.task.is_regression, train_mode),
         evaluator(task_data, config.eval_batch_size, eval_mode),
         groups if groups is not None else weight_groups(model, config.weight_decay),
         config,

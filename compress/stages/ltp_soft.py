@@ -1,18 +1,29 @@
-"""Stage `ltp_soft`: learn one threshold per layer with a sigmoid mask and an L1 term on kept tokens.
+"""Stage `ltp_soft`: learn one threshold per layer with a sigmoid mask, against a pruning pressure.
 
-Loss = task loss + lambda * sum over layers of the mean soft mask. The thresholds have their
-own AdamW group (no weight decay). Evaluation prunes for real; the last checkpoint is kept
-(the best-scoring one would be the one that prunes least).
+The pressure is either LTP's L1 term, lambda * sum over layers of the mean soft mask, or a
+FLOPs budget (`target_gflops_reduction`, `compress.budget`): a Lagrangian on the expected FLOPs
+that drives the thresholds to the stated reduction. The thresholds have their own AdamW group
+(no weight decay). Evaluation prunes for real; the last checkpoint is kept (the best-scoring
+one would be the one that prunes least).
 """
 
 from __future__ import annotations
 
+import math
 import time
 
-from compress.ltp import PruningSpec
+import torch
+
+from compress.budget import FlopsBudget, max_reduction
+from compress.errors import UserError
+from compress.evaluate import model_inputs
+from compress.ltp import PrunableModel, PruningSpec
 from compress.recipe import LTPSoftConfig
 from compress.stages.base import StageInputs, StageResult
-from compress.stages.common import load_inputs, train_and_save, weight_groups
+from compress.stages.common import load_inputs, save_stage, task_loss, train_model, weight_groups
+
+TRACE_POINTS = 200  # budget trajectory rows kept per stage
+REACHABLE = 0.8  # the largest share of the [CLS]-only reduction a budget may ask for
 
 
 def run(config: LTPSoftConfig, inputs: StageInputs) -> StageResult:
@@ -23,19 +34,47 @@ def run(config: LTPSoftConfig, inputs: StageInputs) -> StageResult:
         max_length=inputs.recipe.data.max_seq_length,
         final_threshold=config.final_threshold,
         temperature=config.temperature,
+        prune_from_layer=config.prune_from_layer,
     )
     model.threshold_offsets.data.zero_()
     groups = weight_groups(model, config.weight_decay)
     groups.append({"params": [model.threshold_offsets], "lr": config.threshold_lr, "weight_decay": 0.0})
-    return train_and_save(
-        config,
-        inputs,
-        model,
-        tokenizer,
-        task_data,
-        started,
-        train_mode="soft",
-        groups=groups,
-        kept_weight=config.lambda_,
-        keep="last",
+    budget = None
+    if config.target_gflops_reduction:
+        check_reachable(config, model, task_data)
+        steps = math.ceil(len(task_data.train_loader(config.batch_size)) * config.epochs)
+        budget = FlopsBudget(config.target_gflops_reduction, steps, config.budget_warmup, model.config)
+        groups.append({"params": [budget.multipliers], "lr": config.budget_lr, "weight_decay": 0.0})
+    loss_fn = soft_loss(task_data.task.is_regression, config.lambda_, budget)
+    trained = train_model(config, model, task_data, groups=groups, keep="last", loss_fn=loss_fn)
+    trace = budget.trace[:: max(1, len(budget.trace) // TRACE_POINTS)] if budget else []
+    return save_stage(
+        inputs, config, model, tokenizer, task_data, trained.best, started, trained, trace=trace
     )
+
+
+def check_reachable(config: LTPSoftConfig, model: PrunableModel, task_data) -> None:
+    """Refuse a budget that pruning cannot meet on these examples: chasing it collapses to [CLS]."""
+    lengths = torch.tensor([len(row["input_ids"]) for row in task_data.train])
+    ceiling = max_reduction(model.config, lengths, config.prune_from_layer)
+    if config.target_gflops_reduction > REACHABLE * ceiling:
+        raise UserError(
+            f"stages.{config.name}.target_gflops_reduction: {config.target_gflops_reduction:g}x is out of "
+            f"reach on this data: keeping [CLS] alone from layer {config.prune_from_layer} on gives "
+            f"{ceiling:.2f}x; ask for at most {REACHABLE * ceiling:.2f}x, or set prune_from_layer: 0"
+        )
+
+
+def soft_loss(regression: bool, lambda_: float, budget: FlopsBudget | None):
+    """Task loss in soft mode + the budget's Lagrangian when there is one, else lambda * L1."""
+
+    def loss_fn(model: PrunableModel, batch: dict):
+        out = model(**model_inputs(batch), mode="soft")
+        loss = task_loss(out.logits, batch["labels"], regression)
+        logs = {"kept": float(out.kept_fraction.detach()) / model.num_layers}
+        if budget is not None:
+            penalty, budget_logs = budget.penalty(out.tokens_in, out.tokens_kept)
+            return loss + penalty, logs | budget_logs
+        return loss + lambda_ * out.kept_fraction, logs
+
+    return loss_fn

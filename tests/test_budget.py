@@ -1,0 +1,149 @@
+"""The FLOPs budget of the soft stage: its expected-FLOPs fraction and its Lagrangian controller."""
+
+import pytest
+import torch
+
+from compress.budget import FlopsBudget, max_reduction
+from compress.errors import UserError
+from compress.flops import cost_from_config, macs_fraction
+from compress.ltp import PrunableModel, PruningSpec
+from compress.recipe import parse_recipe
+from tests.test_ltp import batch_with_mixed_lengths, soft_stage_run, tiny_model
+
+
+def test_macs_fraction_is_the_cost_ratio_of_hard_counts():
+    config = tiny_model("bert").config
+    tokens_in = torch.tensor([[12, 12, 6], [5, 5, 2]])
+    tokens_kept = torch.tensor([[12, 6, 3], [5, 2, 1]])
+    full = torch.tensor([[12, 12, 12], [5, 5, 5]])
+    expected = (
+        cost_from_config(config, tokens_in, tokens_kept).gflops / cost_from_config(config, full, full).gflops
+    )
+    assert float(macs_fraction(config, tokens_in, tokens_kept)) == pytest.approx(expected, rel=1e-6)
+    assert float(macs_fraction(config, full, full)) == pytest.approx(1.0)
+
+
+def test_the_target_warms_up_linearly_to_its_value():
+    budget = FlopsBudget(4.0, total_steps=100, warmup=0.5, config=tiny_model("bert").config)
+    assert budget.target_now() == 1.0
+    budget.steps = 25
+    assert budget.target_now() == pytest.approx(1 - 0.5 * 0.75)
+    budget.steps = 80
+    assert budget.target_now() == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize(("reduction", "first_layer"), [(1.5, 1), (2.5, 0)])
+def test_the_controller_drives_soft_thresholds_to_the_budget(reduction, first_layer):
+    """Thresholds and multipliers alone (weights frozen, no task loss), one batch: the soft masks'
+    expected FLOPs settle on the target, and the hard mask's real FLOPs land near it."""
+    hf = tiny_model("bert")
+    for param in hf.parameters():
+        param.requires_grad_(False)
+    ids, mask = batch_with_mixed_lengths(lengths=(16, 14, 12, 16, 10, 15))
+    spec = PruningSpec(final_threshold=0.0, max_length=16, temperature=5e-3, prune_from_layer=first_layer)
+    model = PrunableModel(hf, spec).train()
+    budget = FlopsBudget(reduction, total_steps=400, warmup=0.25, config=hf.config)
+    optimizer = torch.optim.AdamW(
+        [{"params": [model.threshold_offsets], "lr": 2e-3}, {"params": [budget.multipliers], "lr": 0.05}],
+        weight_decay=0.0,
+    )
+    for _ in range(400):
+        out = model(ids, mask, mode="soft")
+        penalty, _ = budget.penalty(out.tokens_in, out.tokens_kept)
+        optimizer.zero_grad()
+        penalty.backward()
+        optimizer.step()
+    settled = [point["fraction"] for point in budget.trace[-50:]]
+    assert sum(settled) / len(settled) == pytest.approx(1 / reduction, rel=0.05)
+    model.eval()
+    with torch.no_grad():
+        hard = model(ids, mask, mode="drop")
+    assert float(macs_fraction(hf.config, hard.tokens_in, hard.tokens_kept)) == pytest.approx(
+        1 / reduction, rel=0.1
+    )
+
+
+def test_the_ceiling_is_cls_alone_from_the_first_pruning_layer():
+    config = tiny_model("bert").config  # 3 layers, d 32, f 64
+    lengths = torch.tensor([16, 8])
+    tokens_in = torch.tensor([[16, 16, 1], [8, 8, 1]])
+    kept = torch.tensor([[16, 1, 1], [8, 1, 1]])
+    assert max_reduction(config, lengths, 1) == pytest.approx(
+        1 / float(macs_fraction(config, tokens_in, kept))
+    )
+    assert max_reduction(config, lengths, 0) > max_reduction(config, lengths, 1) > 1
+
+
+def soft_stage(**settings) -> dict:
+    return {"name": "soft", "kind": "ltp_soft", **settings}
+
+
+def test_a_budget_and_a_lambda_are_refused_together():
+    recipe = {
+        "name": "r",
+        "model": "minilm",
+        "task": "sst2",
+        "stages": [soft_stage(target_gflops_reduction=3, **{"lambda": 0.1})],
+    }
+    with pytest.raises(UserError, match="lambda or target_gflops_reduction"):
+        parse_recipe(recipe, "r.yaml")
+    parse_recipe({**recipe, "stages": [soft_stage(target_gflops_reduction=3)]}, "r.yaml")
+
+
+def test_prune_from_layer_beyond_the_model_is_refused():
+    with pytest.raises(UserError, match="prune_from_layer is 3, the model has 3 layers"):
+        PrunableModel(tiny_model("bert"), PruningSpec(prune_from_layer=3))
+
+
+def test_layer_zero_prunes_when_asked():
+    hf = tiny_model("bert")
+    ids, mask = batch_with_mixed_lengths()
+    kept = {}
+    for first in (0, 1):
+        model = PrunableModel(
+            hf,
+            PruningSpec(
+                final_threshold=0.0, max_length=16, prune_from_layer=first, threshold_offsets=[0.06, 0.0, 0.0]
+            ),
+        ).eval()
+        with torch.no_grad():
+            kept[first] = model(ids, mask, mode="drop").tokens_kept[:, 0]
+    assert torch.equal(kept[1], mask.sum(1))  # LTP: layer 0 keeps everything whatever its offset
+    assert (kept[0] < mask.sum(1)).any()
+
+
+def test_a_budgeted_soft_stage_records_its_trajectory(tmp_path, tiny_model_dir, real_glue_dir):
+    summary = soft_stage_run(tiny_model_dir, real_glue_dir, tmp_path, target_gflops_reduction=1.5, epochs=2)
+    trace = summary["stages"][0]["trace"]
+    assert [point["step"] for point in trace] == [1, 2]
+    assert trace[0]["target"] == 1.0 and trace[1]["target"] == pytest.approx(1 / 1.5)
+    assert all(0 < point["fraction"] <= 1 for point in trace)
+
+
+def test_a_budget_out_of_reach_is_refused_before_training(tmp_path, tiny_model_dir, real_glue_dir):
+    with pytest.raises(
+        UserError, match=r"target_gflops_reduction: 50x is out of reach .* set prune_from_layer: 0"
+    ):
+        soft_stage_run(tiny_model_dir, real_glue_dir, tmp_path, target_gflops_reduction=50)
+
+
+def test_the_trajectory_becomes_step_metrics_and_a_plot(tmp_path):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from compress.stages.base import StageResult
+    from pipelines.tracking import log_stage
+
+    trace = [
+        {"step": s, "fraction": 1 - s / 20, "target": 1 - s / 25, "lambda_1": s / 100} for s in (1, 5, 9)
+    ]
+    result = StageResult(
+        "soft", "ltp_soft", str(tmp_path), {"accuracy": 0.5}, "accuracy", 1.0, 1.0, {}, [], 1.0
+    )
+    result.trace = trace
+    with mlflow.start_run() as run:
+        log_stage(run.info.run_id, result)
+    client = MlflowClient()
+    history = client.get_metric_history(run.info.run_id, "budget_fraction")
+    assert [(m.step, m.value) for m in history] == [(p["step"], p["fraction"]) for p in trace]
+    assert "budget.png" in {item.path for item in client.list_artifacts(run.info.run_id)}
