@@ -66,7 +66,7 @@ def compress(
     resolved = check(recipe, overrides, until, check_data=True, out_dir=out)  # bad input: before training
     out_dir = output_dir(resolved, out)
     typer.echo(f"{resolved.name}: {stage_list(resolved, until)}")
-    summary = compress_flow(str(recipe), overrides, str(out_dir), until, not no_cache)
+    summary = compress_flow(str(recipe), overrides, str(out_dir), until, not no_cache, checked=resolved)
     print_summary(summary)
     typer.echo(f"summary: {out_dir / 'summary.json'}")
     if summary["mlflow"]["model_uri"]:
@@ -106,16 +106,15 @@ def sweep(
     """Run a recipe once per value of KEY, each a Prefect task on Dask; write sweep_KEY.json and an
     accuracy-vs-GFLOPs plot (also on the sweep's MLflow run)."""
     from compress.paths import check_output_dir
-    from pipelines.sweep import run_sweep, sweep_file
+    from pipelines.sweep import run_sweep, sweep_file, sweep_recipes
 
-    overrides = _overrides(set_, data_dir)
-    name = _load(recipe, set_, data_dir).name
-    out_dir = check_output_dir(out or Path("artifacts") / f"{name}-sweep", ours=("stages",))
+    points = [v.strip() for v in values.split(",") if v.strip()]
+    recipes = sweep_recipes(recipe, key, points, _overrides(set_, data_dir))
+    out_dir = check_output_dir(out or Path("artifacts") / f"{recipes[0].name}-sweep", ours=("stages",))
     result = run_sweep(
-        recipe,
+        recipes,
         key,
-        [v.strip() for v in values.split(",") if v.strip()],
-        overrides,
+        points,
         out_dir,
         use_cache=not no_cache,
         workers=workers,

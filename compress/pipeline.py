@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -169,11 +168,24 @@ def cached_result(step: PlannedStage) -> StageResult | None:
 
 
 def run_or_reuse(step: PlannedStage, use_cache: bool = True) -> StageResult:
-    """The stage's cached result when its artifact matches the cache key, else a fresh run."""
+    """The stage's cached result when its artifact matches the cache key, else a fresh run; one
+    log line with its score and time, and a warning if its thresholds collapsed."""
+    started = time.perf_counter()
     result = cached_result(step) if use_cache else None
     if result is None:
         log.info("stage %s (%s): running", step.config.name, step.config.kind)
         result = run_stage(step)
+    log.info(
+        "stage %s: %s = %.4f, %.3f GFLOPs (%.0f s%s)",
+        result.name,
+        result.main_metric,
+        result.metrics[result.main_metric],
+        result.gflops,
+        time.perf_counter() - started,
+        ", cached" if result.cached else "",
+    )
+    if warning := collapse_warning(result):
+        log.warning("%s", warning)
     return result
 
 
@@ -217,38 +229,17 @@ def summarize(recipe: Recipe, results: list[StageResult], baseline: dict) -> dic
     }
 
 
-def run_pipeline(
-    recipe: Recipe,
-    out_dir: Path,
-    until: str | None = None,
-    use_cache: bool = True,
-    execute: Callable[[PlannedStage], StageResult] | None = None,
-    stage_root: Path | None = None,
-) -> dict:
-    """Run (or reuse) each stage, then write OUT/summary.json and OUT/recipe.yaml.
+def run_pipeline(recipe: Recipe, out_dir: Path, until: str | None = None, use_cache: bool = True) -> dict:
+    """A checked recipe's stages (see `preflight`), run or reused in order, then OUT/summary.json:
+    the library's own loop, without Prefect or MLflow (`pipelines.flow` is the tracked one)."""
+    results = [run_or_reuse(step, use_cache) for step in plan(recipe, Path(out_dir), until)]
+    return finish(recipe, Path(out_dir), results)
 
-    `execute` runs one planned stage (default: `run_or_reuse` with `use_cache`); the Prefect
-    flow passes one that runs it as a task.
-    """
-    preflight(recipe)
-    results = []
-    for step in plan(recipe, Path(out_dir), until, stage_root):
-        started = time.perf_counter()
-        result = execute(step) if execute else run_or_reuse(step, use_cache)
-        log.info(
-            "stage %s: %s = %.4f, %.3f GFLOPs (%.0f s%s)",
-            result.name,
-            result.main_metric,
-            result.metrics[result.main_metric],
-            result.gflops,
-            time.perf_counter() - started,
-            ", cached" if result.cached else "",
-        )
-        if warning := collapse_warning(result):
-            log.warning("%s", warning)
-        results.append(result)
+
+def finish(recipe: Recipe, out_dir: Path, results: list[StageResult]) -> dict:
+    """The run's summary against its baseline, written to OUT/summary.json and OUT/recipe.yaml."""
     summary = summarize(recipe, results, baseline_of(recipe, results))
-    write_summary(Path(out_dir), recipe, summary)
+    write_summary(out_dir, recipe, summary)
     return summary
 
 

@@ -99,9 +99,7 @@ class LTPSoftConfig(TrainingConfig):
     # a FLOPs budget instead of lambda (compress.budget): GFLOPs reduction to reach, e.g. 3.0
     target_gflops_reduction: float | None = Field(None, gt=1, le=100)
     budget_lr: float = Field(0.01, gt=0)  # AdamW lr of the Lagrangian multipliers
-    budget_warmup: float = Field(
-        0.5, ge=0, le=1
-    )  # fraction of steps over which the target falls to its value
+    budget_warmup: float = Field(0.5, ge=0, le=1)  # share of the steps while the target falls to it
 
     @model_validator(mode="after")
     def _one_pressure(self):

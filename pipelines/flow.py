@@ -1,10 +1,10 @@
 """The Prefect flow: a recipe's stages as Prefect tasks, each a nested MLflow run.
 
-The loop over stages is `compress.pipeline.run_pipeline`'s own; the flow hands it an `execute`
-that runs each stage as the task `run_stage_task`. The artifact cache lookup happens inside
-the task, so a reused stage still shows as a task and gets its nested run, tagged cached=true. Tasks take
-plans (paths and configs), never models. Without PREFECT_API_URL, Prefect starts its
-ephemeral API; with it, runs are recorded on that server.
+The flow body is the plan it runs: `for step in plan(recipe): run_stage_task(step)`, then the
+summary and the registration. The artifact cache lookup happens inside the task, so a reused
+stage still shows as a task and gets its nested run, tagged cached=true. Tasks take plans
+(paths and configs), never models. Without PREFECT_API_URL, Prefect starts its ephemeral API;
+with it, runs are recorded on that server.
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from compress.artifacts import read_result
 from compress.errors import UserError
 from compress.paths import check_output_dir
-from compress.pipeline import OUTPUT_FILES, PlannedStage, preflight, run_or_reuse, run_pipeline, write_summary
+from compress.pipeline import OUTPUT_FILES, PlannedStage, finish, plan, preflight, run_or_reuse, write_summary
 from compress.recipe import Recipe, load_recipe
 from compress.stages import StageResult
 from pipelines import tracking
@@ -87,35 +86,39 @@ run_stage_task = task(name="run_stage", retries=0, cache_policy=NO_CACHE, task_r
 
 
 @task(name="register_model", retries=0, cache_policy=NO_CACHE)
-def register_task(recipe: Recipe, artifact_dir: str, alias: str = DEFAULT_ALIAS) -> str:
-    """The final artifact as registered model recipe.name, alias `alias` (logged in the active run)."""
-    return register_model(recipe, Path(artifact_dir), read_result(Path(artifact_dir))["cache_key"], alias)
+def register_task(recipe: Recipe, step: PlannedStage, alias: str = DEFAULT_ALIAS) -> str:
+    """The planned stage's artifact as registered model recipe.name, alias `alias` (logged in the
+    active run), with the plan's cache key."""
+    return register_model(recipe, step.inputs.output_dir, step.cache_key, alias)
 
 
-@flow(name="compress")
+@flow(name="compress", validate_parameters=False)  # validating would check `checked` a second time
 def compress_flow(
     recipe_path: str,
     overrides: list[str] | None = None,
     out_dir: str | None = None,
     until: str | None = None,
     use_cache: bool = True,
+    checked: Recipe | None = None,
 ) -> dict:
     """Run (or reuse) a recipe's stages, register the final model, write OUT/summary.json.
 
-    The final model is registered only when the whole recipe ran (not with --until an earlier
+    `checked`: the recipe as the caller (the CLI) already loaded and checked it, so it is read
+    once; without it (a deployment's run) the flow loads and checks `recipe_path` itself. The
+    final model is registered only when the whole recipe ran (not with --until an earlier
     stage): a teacher is not a champion. summary.json gets an "mlflow" block.
     """
-    recipe = check(recipe_path, overrides or [], until, out_dir=out_dir)
+    recipe = checked or check(recipe_path, overrides or [], until, out_dir=out_dir)
     out = output_dir(recipe, out_dir)
+    steps = plan(recipe, out, until)
     with tracking.pipeline_run(recipe) as parent:
         run_id = parent.info.run_id
-        summary = run_pipeline(
-            recipe, out, until, execute=lambda step: run_stage_task(step, use_cache, run_id)
-        )
+        results = [run_stage_task(step, use_cache, run_id) for step in steps]
+        summary = finish(recipe, out, results)
         model_uri = None
         if until is None or until == recipe.stages[-1].name:
-            models = [stage for stage in summary["stages"] if stage["kind"] != "benchmark"]
-            model_uri = register_task(recipe, models[-1]["artifact"])
+            model = [step for step in steps if step.config.kind != "benchmark"][-1]
+            model_uri = register_task(recipe, model)
         summary["mlflow"] = {
             "tracking_uri": tracking.tracking_uri(),
             "run_id": run_id,

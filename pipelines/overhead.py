@@ -4,8 +4,8 @@
 
 Into DIR (default artifacts/<recipe name>-overhead), three wall times:
 `direct_s`: the stages through `compress.pipeline.run_pipeline`, no cache, into DIR/direct (no
-Prefect, no MLflow); `flow_s`: `compress_flow` as `cli.py compress --no-cache` runs it (checks,
-Prefect tasks, MLflow runs, model registration) into DIR/flow; `cached_s`: the flow again, every
+Prefect, no MLflow); `flow_s`: `compress_flow` as `cli.py compress --no-cache` runs it (the
+checked recipe, Prefect tasks, MLflow runs, model registration) into DIR/flow; `cached_s`: the flow again, every
 stage reused. `overhead_pct` = (flow_s - direct_s) / direct_s * 100. `check_s`: the checks
 `cli.py compress` makes first (data, stores), which start Prefect's temporary local API when
 PREFECT_API_URL is unset. Runs are tracked in DIR/mlflow.db unless MLFLOW_TRACKING_URI is set.
@@ -38,7 +38,7 @@ def measure(recipe_path: Path, overrides: list[str], out: Path) -> dict:
     times["direct_s"] = _since(started)
     for label, use_cache in (("flow_s", False), ("cached_s", True)):
         started = time.perf_counter()
-        compress_flow(str(recipe_path), overrides, str(out / "flow"), None, use_cache)
+        compress_flow(str(recipe_path), overrides, str(out / "flow"), None, use_cache, checked=recipe)
         times[label] = _since(started)
     return {
         "recipe": recipe.name,

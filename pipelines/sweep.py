@@ -31,7 +31,7 @@ from compress.artifacts import write_json
 from compress.errors import UserError
 from compress.overrides import apply_overrides
 from compress.paths import check_simple_name
-from compress.pipeline import PlannedStage, plan, preflight, run_pipeline
+from compress.pipeline import PlannedStage, finish, plan, preflight
 from compress.recipe import Recipe, parse_recipe, read_yaml
 from compress.user_input import quote
 from pipelines import tracking
@@ -43,22 +43,24 @@ log = logging.getLogger(__name__)
 
 def sweep_recipes(recipe_path: Path, key: str, values: list[str], overrides: list[str]) -> list[Recipe]:
     """The recipe of each point, resolved whole (a swept `model` picks its own model_settings)."""
+    if not values:
+        raise UserError("--values: no values to sweep (give them comma-separated, e.g. 0.01,0.02)")
     raw = read_yaml(recipe_path)
     return [parse_recipe(apply_overrides(raw, [*overrides, f"{key}={v}"]), str(recipe_path)) for v in values]
 
 
 def run_sweep(
-    recipe_path: Path,
+    recipes: list[Recipe],
     key: str,
     values: list[str],
-    overrides: list[str],
     out_dir: Path,
     use_cache: bool = True,
     workers: int = 1,
     address: str | None = None,
 ) -> dict:
-    """`sweep_flow` on a local Dask cluster of `workers` processes, or on the cluster at `address`."""
-    recipes = sweep_recipes(recipe_path, key, values, overrides)  # bad input: before any cluster starts
+    """`sweep_flow` over the points' recipes (`sweep_recipes`) on a local Dask cluster of `workers`
+    processes, or on the cluster at `address`. Each recipe is checked here, once, before any
+    cluster starts."""
     for recipe in recipes:
         preflight(recipe)
     tracking.check_tracking()
@@ -181,13 +183,12 @@ def run_point_task(
         torch.set_num_threads(settings.threads)
     tracking.use_tracking_store()
     with tracking.point_run(parent_run_id, recipe, key, value) as run:
-
-        def execute(step: PlannedStage):
-            return run_stage(
-                step, settings.use_cache or step.cache_key in settings.shared_keys, run.info.run_id
-            )
-
-        summary = run_pipeline(recipe, Path(run_dir), execute=execute, stage_root=Path(settings.stage_root))
+        steps = plan(recipe, Path(run_dir), None, Path(settings.stage_root))
+        results = [
+            run_stage(step, settings.use_cache or step.cache_key in settings.shared_keys, run.info.run_id)
+            for step in steps
+        ]
+        summary = finish(recipe, Path(run_dir), results)
         tracking.log_point(run.info.run_id, sweep_row(value, summary))
     return summary
 

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,8 @@ import pytest
 import yaml
 
 import cli
+import compress.pipeline
+import compress.recipe
 from compress.artifacts import read_result
 from compress.errors import UserError
 from tests.conftest import REPO, real_glue_path
@@ -53,6 +56,7 @@ class Tracked:
     glue: Path
     uri: str
     summary: dict  # of the first run
+    calls: Counter  # of the first run: recipe files read, recipes validated, preflights
 
     @property
     def out(self) -> Path:
@@ -73,9 +77,29 @@ def tracked(prefect_harness, tiny_model_dir, tmp_path_factory):
         patch.setenv("HF_DATASETS_OFFLINE", "1")
         recipe = write_recipe(root, tiny_model_dir)
         args = ["compress", str(recipe), "--data-dir", str(glue), "--out", str(root / "out")]
-        assert cli.main(args) == 0
+        calls = Counter()
+        with pytest.MonkeyPatch.context() as counting:
+            for module, name, label in (
+                (compress.recipe, "read_yaml", "read"),
+                (compress.recipe, "check_pipeline", "check"),
+                (compress.pipeline, "check_reachable", "preflight"),  # preflight's first step
+            ):
+                counting.setattr(module, name, counted(getattr(module, name), label, calls))
+            assert cli.main(args) == 0
         summary = json.loads((root / "out" / "summary.json").read_text())
-        yield Tracked(root, recipe, glue, uri, summary)
+        yield Tracked(root, recipe, glue, uri, summary, calls)
+
+
+def counted(function, label: str, calls: Counter):
+    def wrapper(*args, **kwargs):
+        calls[label] += 1
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
+def test_compress_reads_and_checks_the_recipe_once(tracked):
+    assert tracked.calls == {"read": 1, "check": 1, "preflight": 1}
 
 
 def client_of(tracked: Tracked):

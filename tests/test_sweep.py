@@ -37,7 +37,13 @@ def test_sweep_on_a_local_dask_cluster_shares_the_finetune_stage_and_plots(
     path.write_text(yaml.safe_dump({**RECIPE, "model": str(tiny_model_dir)}))
     out = tmp_path / "sweep"
     overrides = [f"data.dir={real_glue_dir}"]
-    sweep = run_sweep(path, "stages.soft.lambda", ["0.0", "0.5"], overrides, out, workers=2)
+    sweep = run_sweep(
+        sweep_recipes(path, "stages.soft.lambda", ["0.0", "0.5"], overrides),
+        "stages.soft.lambda",
+        ["0.0", "0.5"],
+        out,
+        workers=2,
+    )
     assert [row["value"] for row in sweep["rows"]] == ["0.0", "0.5"]
     stage_dirs = sorted(p.name.split("-")[0] for p in (out / "stages").iterdir())
     assert stage_dirs == ["finetune", "hard", "hard", "soft", "soft"], "finetune ran once for both values"
@@ -62,8 +68,12 @@ def test_a_widened_sweep_keeps_the_earlier_values(tmp_path, tiny_model_dir, real
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump({**RECIPE, "model": str(tiny_model_dir)}))
     out, overrides = tmp_path / "sweep", [f"data.dir={real_glue_dir}"]
-    run_sweep(path, "stages.soft.lambda", ["0.0"], overrides, out)
-    sweep = run_sweep(path, "stages.soft.lambda", ["0.5"], overrides, out)
+    run_sweep(
+        sweep_recipes(path, "stages.soft.lambda", ["0.0"], overrides), "stages.soft.lambda", ["0.0"], out
+    )
+    sweep = run_sweep(
+        sweep_recipes(path, "stages.soft.lambda", ["0.5"], overrides), "stages.soft.lambda", ["0.5"], out
+    )
     assert [row["value"] for row in sweep["rows"]] == ["0.0", "0.5"]
     assert len([p for p in (out / "stages").iterdir() if p.name.startswith("finetune")]) == 1
 
