@@ -58,12 +58,25 @@ def compress(
     until: Annotated[str | None, typer.Option(help="Stop after this stage (by name)")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute every stage")] = False,
 ) -> None:
-    """Run a recipe's stages (a Prefect flow, tracked in MLflow) and write OUT/summary.json."""
+    """Run a recipe's stages (a Prefect flow, tracked in MLflow) and write OUT/summary.json.
+    Under `accelerate launch --num_processes N` (or torchrun) the training stages run data
+    parallel; the main process runs the flow."""
+    from compress.accelerator import is_main_process, main_process_agrees, num_processes
     from pipelines.flow import check, compress_flow, output_dir
     from pipelines.report import print_summary, stage_list
 
     overrides = _overrides(set_, data_dir)
-    resolved = check(recipe, overrides, until, check_data=True, out_dir=out)  # bad input: before training
+    if not is_main_process():
+        _train_alongside(recipe, overrides, out, until, not no_cache)
+        return
+    try:
+        resolved = check(recipe, overrides, until, check_data=True, out_dir=out)  # bad input: before training
+    except UserError:
+        main_process_agrees(False)
+        raise
+    main_process_agrees(True)
+    if (processes := num_processes()) > 1:
+        logging.getLogger("compress").info("data parallel: training stages run in %d processes", processes)
     out_dir = output_dir(resolved, out)
     typer.echo(f"{resolved.name}: {stage_list(resolved, until)}")
     summary = compress_flow(str(recipe), overrides, str(out_dir), until, not no_cache, checked=resolved)
@@ -71,6 +84,22 @@ def compress(
     typer.echo(f"summary: {out_dir / 'summary.json'}")
     if summary["mlflow"]["model_uri"]:
         typer.echo(f"model: {summary['mlflow']['model_uri']} (tracking: {summary['mlflow']['tracking_uri']})")
+
+
+def _train_alongside(
+    recipe: Path, overrides: list[str], out: Path | None, until: str | None, use_cache: bool
+):
+    """A helper process of a data-parallel `compress`: quiet, and gone if the main one's checks fail."""
+    from compress.accelerator import main_process_agrees
+    from compress.pipeline import train_alongside
+    from compress.recipe import load_recipe
+    from pipelines.flow import output_dir
+
+    logging.getLogger().setLevel(logging.WARNING)  # the main process reports the run
+    if not main_process_agrees(True):
+        raise typer.Exit(2)  # the main process printed why
+    resolved = load_recipe(recipe, overrides)
+    train_alongside(resolved, output_dir(resolved, out), until, use_cache)
 
 
 @app.command()

@@ -40,18 +40,22 @@ def model_inputs(batch: dict) -> dict:
 
 
 @torch.no_grad()
-def predict(model: PrunableModel, loader: DataLoader, mode: Mode):
-    """Logits, labels and token counts over a loader, in loader order."""
+def predict(model: PrunableModel, loader: DataLoader, mode: Mode, accelerator=None):
+    """Logits, labels and token counts over a loader, in loader order. With an `accelerator`,
+    each process predicts its share of every batch and all of them get the whole result."""
     model.eval()
     device = model.device
-    logits, labels, tokens_in, tokens_kept = [], [], [], []
+    if accelerator is not None:
+        loader = accelerator.prepare_data_loader(loader)
+    outputs = []
     for batch in loader:
         out = model(**{k: v.to(device) for k, v in model_inputs(batch).items()}, mode=mode)
-        logits.append(out.logits.float().cpu())
-        labels.append(batch["labels"])
-        tokens_in.append(out.tokens_in.cpu())
-        tokens_kept.append(out.tokens_kept.cpu())
-    return torch.cat(logits), torch.cat(labels), torch.cat(tokens_in), torch.cat(tokens_kept)
+        parts = (out.logits.float(), batch["labels"].to(device), out.tokens_in, out.tokens_kept)
+        if accelerator is not None:
+            parts = accelerator.gather_for_metrics(parts)
+        outputs.append([part.cpu() for part in parts])
+    logits, labels, tokens_in, tokens_kept = (torch.cat(column) for column in zip(*outputs, strict=True))
+    return logits, labels, tokens_in, tokens_kept
 
 
 def split_suffix(split: str, index: int) -> str:
@@ -60,13 +64,18 @@ def split_suffix(split: str, index: int) -> str:
 
 
 def evaluate(
-    model: PrunableModel, loaders: dict[str, DataLoader], task: TaskSpec, mode: Mode = "drop"
+    model: PrunableModel,
+    loaders: dict[str, DataLoader],
+    task: TaskSpec,
+    mode: Mode = "drop",
+    accelerator=None,
 ) -> EvalResult:
+    """The task's metrics on every split and the token counts of the first (`predict`)."""
     started = time.perf_counter()
     metrics: dict[str, float] = {}
     counts = None
     for index, (split, loader) in enumerate(loaders.items()):
-        logits, labels, tokens_in, tokens_kept = predict(model, loader, mode)
+        logits, labels, tokens_in, tokens_kept = predict(model, loader, mode, accelerator)
         scores = compute_metrics(task, logits.numpy(), labels.numpy())
         metrics.update({name + split_suffix(split, index): value for name, value in scores.items()})
         if counts is None:

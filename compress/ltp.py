@@ -200,8 +200,8 @@ class PrunableModel(nn.Module):
         if spec is not None:
             spec.check_layers(num_layers)
         offsets = spec.threshold_offsets if spec and spec.threshold_offsets else [0.0] * num_layers
-        # delta_l; layer 0 never uses its entry (theta_0 = 0)
-        self.threshold_offsets = nn.Parameter(torch.tensor(offsets, dtype=torch.float32))
+        # delta_l; learned by the soft stage alone (it sets requires_grad), frozen everywhere else
+        self.threshold_offsets = nn.Parameter(torch.tensor(offsets, dtype=torch.float32), requires_grad=False)
 
     @property
     def config(self):

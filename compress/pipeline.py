@@ -20,18 +20,16 @@ from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoConfig
 
 from compress import data
+from compress.accelerator import micro_batch_size, num_processes
 from compress.artifacts import read_result, write_json
 from compress.errors import UserError
 from compress.evaluate import evaluate_saved
 from compress.fingerprint import data_identity, model_identity
 from compress.flops import FP16, FP32
-from compress.ltp import PRUNING_FILE
 from compress.models import load_tokenizer, resolve_model
-from compress.paths import user_path
-from compress.quantize import check_scheme
 from compress.reachability import check_reachable
-from compress.recipe import Recipe, dump_recipe
-from compress.stages import STAGES, StageInputs, StageResult
+from compress.recipe import Recipe, TrainingConfig, dump_recipe
+from compress.stages import KINDS, StageInputs, StageResult
 from compress.task_data import load_examples, prepare_data
 
 log = logging.getLogger(__name__)
@@ -61,8 +59,8 @@ def code_version() -> str:
 
 
 def needs_train(recipe: Recipe) -> bool:
-    """Whether a stage trains (reads the train split); quantize and benchmark only evaluate."""
-    return any(stage.kind not in ("quantize", "benchmark") for stage in recipe.stages)
+    """Whether a stage reads the train split (`reads_train`; quantize and benchmark only evaluate)."""
+    return any(stage.reads_train for stage in recipe.stages)
 
 
 def _shared_key(recipe: Recipe) -> dict:
@@ -77,7 +75,7 @@ def _shared_key(recipe: Recipe) -> dict:
 
 
 def preflight(recipe: Recipe, check_data: bool = False) -> None:
-    """Checks that need the file system but no training: model, data files, thresholds.
+    """Checks that need the file system but no training: model, data files, each stage's own.
 
     Local data files are read and checked (encoding, columns, labels); check_data also slices and
     tokenises them (seconds), so an empty slice or an unloadable tokenizer is reported before any
@@ -91,21 +89,11 @@ def preflight(recipe: Recipe, check_data: bool = False) -> None:
         prepare_data(recipe, load_tokenizer(recipe.model), need_train=need_train)
     elif recipe.task == "custom" or data.resolve_data_dir(recipe.data.dir) is not None:
         load_examples(recipe, need_train)
+    processes = num_processes()
     for stage in recipe.stages:
-        thresholds = getattr(stage, "thresholds", None)
-        key = f"stages.{stage.name}.thresholds"
-        if thresholds and not (user_path(thresholds, key) / PRUNING_FILE).is_file():
-            raise UserError(f"{key}: no {PRUNING_FILE} in {thresholds}")
-        if getattr(stage, "teacher", None):
-            try:
-                resolve_model(stage.teacher)
-            except UserError as error:
-                raise UserError(f"stages.{stage.name}.teacher: {error}") from None
-        if stage.kind == "quantize":
-            try:
-                check_scheme(stage.scheme)
-            except UserError as error:
-                raise UserError(f"stages.{stage.name}.scheme: {error}") from None
+        stage.preflight()
+        if isinstance(stage, TrainingConfig):
+            micro_batch_size(stage, processes)  # the batch splits between processes and accumulation
 
 
 def _check_sequence_length(recipe: Recipe) -> None:
@@ -191,7 +179,7 @@ def run_or_reuse(step: PlannedStage, use_cache: bool = True) -> StageResult:
 
 def run_stage(step: PlannedStage) -> StageResult:
     """Run one stage (its artifact carries the cache key)."""
-    return STAGES[step.config.kind](step.config, step.inputs)
+    return KINDS[step.config.kind].run(step.config, step.inputs)
 
 
 def baseline_of(recipe: Recipe, results: list[StageResult]) -> dict:
@@ -234,6 +222,15 @@ def run_pipeline(recipe: Recipe, out_dir: Path, until: str | None = None, use_ca
     the library's own loop, without Prefect or MLflow (`pipelines.flow` is the tracked one)."""
     results = [run_or_reuse(step, use_cache) for step in plan(recipe, Path(out_dir), until)]
     return finish(recipe, Path(out_dir), results)
+
+
+def train_alongside(recipe: Recipe, out_dir: Path, until: str | None = None, use_cache: bool = True) -> None:
+    """A helper process's share of a data-parallel run (`accelerate launch`, torchrun): the training
+    stages, in step with the main process, which alone writes artifacts, the summary and tracking
+    runs, and alone runs the stages that do not train."""
+    for step in plan(recipe, Path(out_dir), until):
+        if step.config.reads_train:
+            run_or_reuse(step, use_cache)
 
 
 def finish(recipe: Recipe, out_dir: Path, results: list[StageResult]) -> dict:

@@ -8,6 +8,9 @@
       - {name: finetune, kind: finetune, epochs: 3}
       - {name: soft, kind: ltp_soft, lambda: 0.05, final_threshold: 0.007}
 
+Each stage kind's config class lives beside its `run` in `compress.stages.<kind>` and is
+registered in `compress.stages.KINDS`; this module holds what every stage shares.
+
 `load_recipe` validates everything that can be checked without running: keys and types
 (unknown keys refused, numbers finite), stage kinds, cross-stage rules, local paths. Each
 problem is one `UserError` line naming the file and the key, user values quoted short. The
@@ -17,11 +20,21 @@ file itself is read with bounds (`compress.user_input`): UTF-8 text, at most 1 M
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    model_validator,
+)
 
 from compress.errors import UserError
 from compress.overrides import apply_overrides
@@ -29,10 +42,6 @@ from compress.paths import SIMPLE_NAME_HINT, is_simple_name
 from compress.user_input import MAX_YAML_CHARS, clip, quote, safe_load
 
 GLUE_TASKS = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli")
-# DESIGN §1 kinds plus the static top-k baseline; `IMPLEMENTED` grows as stages land.
-KNOWN_KINDS = ("finetune", "ltp_soft", "ltp_hard", "topk", "distill", "quantize", "benchmark")
-PRUNING_KINDS = ("ltp_hard", "topk")
-INT8_ACTIVATIONS = ("int8_dynamic", "qat_int8")  # quantize schemes whose activations are int8
 
 
 def _plain_name(value: str) -> str:
@@ -68,7 +77,17 @@ class DataConfig(_Strict):
 
 
 class StageBase(_Strict):
+    """What every stage config has; each kind adds `kind: Literal["<kind>"]` and its own settings."""
+
     name: PlainName
+    reads_train: ClassVar[bool] = True  # False: the stage only evaluates (no train split needed)
+    followed_only_by: ClassVar[tuple[str, ...] | None] = None  # kinds allowed after it; None: any
+
+    def check_order(self, earlier: list[StageBase]) -> None:
+        """Raise ValueError when the stages before this one do not give it what it needs."""
+
+    def preflight(self) -> None:
+        """Raise UserError when a path or library the stage names is not usable (no training)."""
 
 
 class TrainingConfig(StageBase):
@@ -81,107 +100,38 @@ class TrainingConfig(StageBase):
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, le=1)
     max_grad_norm: float = Field(1.0, gt=0)
+    grad_accum_steps: int = Field(1, ge=1)  # N: a step sums N batches of batch_size / N examples
 
 
-class FinetuneConfig(TrainingConfig):
-    kind: Literal["finetune"]
+def stage_kinds() -> dict:
+    """The stage registry, `compress.stages.KINDS` (kind -> config class and run function).
+
+    Imported here, not at the top: the stage modules import this one for `StageBase`."""
+    import compress.stages
+
+    return compress.stages.KINDS
 
 
-class LTPSoftConfig(TrainingConfig):
-    kind: Literal["ltp_soft"]
-    epochs: float = Field(1.0, gt=0, le=1000)  # paper: 1 on large sets, 10 on RTE/MRPC
-    batch_size: int = Field(64, ge=1)
-    final_threshold: float = Field(0.01, ge=0)  # theta_final
-    temperature: float = Field(1e-3, gt=0)  # T of the sigmoid mask
-    lambda_: float = Field(0.1, ge=0, alias="lambda")  # weight of the kept-token (L1) term
-    threshold_lr: float = Field(1e-4, gt=0)  # own AdamW group, no weight decay
-    prune_from_layer: int = Field(1, ge=0)  # LTP: 1 (layer 0 keeps every token); 0 prunes after its attention
-    # a FLOPs budget instead of lambda (compress.budget): GFLOPs reduction to reach, e.g. 3.0
-    target_gflops_reduction: float | None = Field(None, gt=1, le=100)
-    budget_lr: float = Field(0.01, gt=0)  # AdamW lr of the Lagrangian multipliers
-    budget_warmup: float = Field(0.5, ge=0, le=1)  # share of the steps while the target falls to it
-
-    @model_validator(mode="after")
-    def _one_pressure(self):
-        if self.target_gflops_reduction is not None and "lambda_" in self.model_fields_set:
-            raise ValueError("set lambda or target_gflops_reduction, not both (the budget replaces lambda)")
-        return self
+def _known_kind(kind: object) -> bool:
+    return isinstance(kind, str) and kind in stage_kinds()
 
 
-class LTPHardConfig(TrainingConfig):
-    kind: Literal["ltp_hard"]
-    epochs: float = Field(5.0, gt=0, le=1000)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(1e-5, gt=0)
-    thresholds: str | None = None  # artifact dir with pruning.json, when no ltp_soft stage precedes
+def _unknown_kind(kind: object) -> str:
+    return f"unknown stage kind {quote(kind)} (known: {', '.join(stage_kinds())})"
 
 
-class TopKConfig(TrainingConfig):
-    """Static top-k baseline: keep a fixed fraction per layer, falling linearly after `start_layer`."""
-
-    kind: Literal["topk"]
-    epochs: float = Field(5.0, gt=0, le=1000)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(1e-5, gt=0)
-    final_keep_ratio: float = Field(0.3, gt=0, le=1)
-    start_layer: int = Field(3, ge=0)  # layers before it keep every token (reference: 3 of 12)
-
-
-class DistillConfig(TrainingConfig):
-    """Knowledge distillation: alpha * KD + (1 - alpha) * task loss (+ hidden_weight * [CLS] MSE)."""
-
-    kind: Literal["distill"]
-    teacher: str | None = None  # artifact dir or model id; default: the finetune stage's output
-    temperature: float = Field(2.0, gt=0)  # softens both logit distributions; KD is scaled by T^2
-    alpha: float = Field(0.5, ge=0, le=1)  # weight of the KD term
-    hidden_weight: float = Field(0.0, ge=0)  # weight of the MSE between final [CLS] hidden states
-    qat: bool = False  # train with int8 fake quantisation (torchao QAT prepare), for quantize qat_int8
+def _as_stage_config(value: Any) -> Any:
+    """A stage mapping validated by its kind's config class; configs pass through."""
+    if not isinstance(value, Mapping):
+        return value
+    kind = value.get("kind")
+    if not _known_kind(kind):
+        raise ValueError(_unknown_kind(kind))
+    return stage_kinds()[kind].config.model_validate(value)
 
 
-class QuantizeConfig(StageBase):
-    """Post-training int8 of the encoder's linear layers (no training), by torchao or ONNX Runtime."""
-
-    kind: Literal["quantize"]
-    scheme: Literal["int8_dynamic", "int8_weight_only", "int4_weight_only", "qat_int8"] = "int8_dynamic"
-    attention: Literal["float", "int8"] = "float"  # QK^T and AV; int8 needs pruning and int8 activations
-    # torchao: torch runs it; onnxruntime: the pruned model exported to ONNX, int8 by ONNX Runtime.
-    # Default: onnxruntime (the fast one on CPU) where it runs the scheme, else torchao.
-    engine: Literal["torchao", "onnxruntime"] | None = None
-    eval_batch_size: int = Field(128, ge=1)
-
-    @property
-    def onnxruntime_can_run(self) -> bool:
-        """ONNX Runtime runs int8 linear layers (int8 activations) with float attention."""
-        return self.scheme in INT8_ACTIVATIONS and self.attention == "float"
-
-    @model_validator(mode="after")
-    def _default_engine(self) -> QuantizeConfig:
-        if self.engine is None:
-            self.engine = "onnxruntime" if self.onnxruntime_can_run else "torchao"
-        return self
-
-
-class BenchmarkConfig(StageBase):
-    """Time the unpruned baseline, the pruned and the final model side by side (`compress.bench`)."""
-
-    kind: Literal["benchmark"]
-    batch_sizes: list[int] = Field([1, 8, 32, 128], min_length=1)
-    threads: int = Field(2, ge=1)
-    rounds: int = Field(5, ge=1)
-    compile: bool = True  # also time every variant under torch.compile
-
-
-StageConfig = Annotated[
-    FinetuneConfig
-    | LTPSoftConfig
-    | LTPHardConfig
-    | TopKConfig
-    | DistillConfig
-    | QuantizeConfig
-    | BenchmarkConfig,
-    Field(discriminator="kind"),
-]
-IMPLEMENTED = {"finetune", "ltp_soft", "ltp_hard", "topk", "distill", "quantize", "benchmark"}
+# SerializeAsAny: a dump keeps each stage's own fields, not only StageBase's.
+Stage = Annotated[SerializeAsAny[StageBase], BeforeValidator(_as_stage_config)]
 
 
 class Recipe(_Strict):
@@ -190,7 +140,9 @@ class Recipe(_Strict):
     task: str
     seed: int = Field(42, ge=0, le=2**32 - 1)  # numpy's seed range
     data: DataConfig = DataConfig()
-    stages: list[StageConfig] = Field(min_length=1)
+    # of every training stage (accelerate sets it once per process); auto: bf16 on a GPU that has it
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    stages: list[Stage] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _check_pipeline(self) -> Recipe:
@@ -217,7 +169,7 @@ class Recipe(_Strict):
 
 
 def check_pipeline(recipe: Recipe) -> None:
-    """Cross-stage rules, in one place."""
+    """Cross-stage rules: the generic ones here, each kind's own in its config's `check_order`."""
     if recipe.task not in GLUE_TASKS + ("custom",):
         raise ValueError(f"task: unknown task {quote(recipe.task)} (known: {', '.join(GLUE_TASKS)}, custom)")
     if recipe.task == "custom" and not recipe.data.eval_file:
@@ -225,50 +177,27 @@ def check_pipeline(recipe: Recipe) -> None:
     duplicates = sorted(name for name, count in Counter(s.name for s in recipe.stages).items() if count > 1)
     if duplicates:
         raise ValueError(f"stages: duplicate stage name '{duplicates[0]}'")
-    seen: list[str] = []
-    qat_trained = False
-    for stage in recipe.stages:
-        if "quantize" in seen and stage.kind != "benchmark":
-            raise ValueError(f"stages.{stage.name}: nothing but a benchmark can follow a quantize stage")
-        if "benchmark" in seen:
-            raise ValueError(f"stages.{stage.name}: a benchmark stage must be the last stage")
-        if stage.kind == "benchmark" and not seen:
-            raise ValueError(
-                f"stages.{stage.name}: a benchmark needs the stages that make its models before it "
-                "(to time an existing artifact: python cli.py bench TARGET)"
-            )
-        if stage.kind == "distill" and "finetune" not in seen and not stage.teacher:
-            raise ValueError(
-                f"stages.{stage.name}: distill needs a finetune stage before it or 'teacher' "
-                "(a fine-tuned model: artifact directory or hub id)"
-            )
-        if stage.kind == "quantize" and stage.scheme == "qat_int8" and not qat_trained:
-            raise ValueError(
-                f"stages.{stage.name}.scheme: qat_int8 needs a distill stage with qat: true before it"
-            )
-        if stage.kind == "quantize" and stage.attention == "int8" and stage.scheme not in INT8_ACTIVATIONS:
-            raise ValueError(
-                f"stages.{stage.name}.attention: int8 attention needs int8 activations "
-                f"(scheme {' or '.join(INT8_ACTIVATIONS)}, not {stage.scheme})"
-            )
-        if stage.kind == "quantize" and stage.engine == "onnxruntime" and not stage.onnxruntime_can_run:
-            raise ValueError(
-                f"stages.{stage.name}.engine: onnxruntime runs int8 linear layers with float attention "
-                f"(scheme {' or '.join(INT8_ACTIVATIONS)}, attention: float)"
-            )
-        qat_trained = qat_trained or getattr(stage, "qat", False)
-        if stage.kind == "ltp_hard" and "ltp_soft" not in seen and not stage.thresholds:
-            raise ValueError(
-                f"stages.{stage.name}: ltp_hard needs an ltp_soft stage before it or 'thresholds' "
-                "(an artifact directory with pruning.json)"
-            )
-        if stage.kind == "ltp_soft" and any(k in seen for k in PRUNING_KINDS):
-            raise ValueError(f"stages.{stage.name}: ltp_soft cannot follow a hard pruning stage")
-        seen.append(stage.kind)
+    for position, stage in enumerate(recipe.stages):
+        earlier = recipe.stages[:position]
+        for before in earlier:
+            _check_may_follow(before, stage)
+        stage.check_order(earlier)
+
+
+def _check_may_follow(before: StageBase, stage: StageBase) -> None:
+    """`before.followed_only_by`: the kinds that may come after a stage of its kind."""
+    allowed = before.followed_only_by
+    if allowed is None or stage.kind in allowed:
+        return
+    if not allowed:
+        raise ValueError(f"stages.{stage.name}: a {before.kind} stage must be the last stage")
+    raise ValueError(
+        f"stages.{stage.name}: nothing but a {' or a '.join(allowed)} can follow a {before.kind} stage"
+    )
 
 
 def _raw_stage_problems(raw: dict, source: str) -> None:
-    """Stage kinds are checked before pydantic so the message names the stage, not a union."""
+    """Stage kinds are checked before pydantic so the message names the `kind` key of the stage."""
     stages = raw.get("stages")
     if stages is None:
         return  # pydantic reports the missing key
@@ -279,13 +208,8 @@ def _raw_stage_problems(raw: dict, source: str) -> None:
             raise UserError(f"{source}: stages[{position}]: expected a mapping with 'name' and 'kind'")
         label = _stage_label(stage, position)
         kind = stage.get("kind")
-        if kind not in KNOWN_KINDS:
-            raise UserError(
-                f"{source}: stages.{label}.kind: unknown stage kind {quote(kind)} "
-                f"(known: {', '.join(KNOWN_KINDS)})"
-            )
-        if kind not in IMPLEMENTED:
-            raise UserError(f"{source}: stages.{label}.kind: stage kind {quote(kind)} is not implemented yet")
+        if not _known_kind(kind):
+            raise UserError(f"{source}: stages.{label}.kind: {_unknown_kind(kind)}")
 
 
 def _stage_label(stage: dict, position: int) -> str:
@@ -305,9 +229,8 @@ def _describe(error: ValidationError, raw: dict) -> str:
     parts: list[str] = []
     loc = list(first["loc"])
     if loc[:1] == ["stages"] and len(loc) > 1 and isinstance(loc[1], int):
-        stage = raw["stages"][loc[1]]
-        parts = ["stages", _stage_label(stage, loc[1])]
-        loc = loc[3:] if len(loc) > 2 and loc[2] == stage.get("kind") else loc[2:]
+        parts = ["stages", _stage_label(raw["stages"][loc[1]], loc[1])]
+        loc = loc[2:]
     parts += [_key(p) for p in loc]
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":

@@ -1,7 +1,10 @@
 """One training loop for every stage: AdamW, linear warmup/decay, clipping, eval each epoch.
 
 Stages differ only in their loss (`loss_fn`), their parameter groups and which checkpoint
-they keep ("best" dev score or "last"); the loop itself is shared.
+they keep ("best" dev score or "last"); the loop itself is shared. It runs where `accelerate`
+puts it (`compress.accelerator`): on a GPU when there is one, in mixed precision if asked, and
+data parallel across the processes of `accelerate launch` / torchrun. The recipe's batch size is
+the global batch of one optimiser step, whatever the processes and gradient accumulation.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from tqdm.autonotebook import tqdm as notebook_or_plain_tqdm
 from tqdm.std import tqdm as plain_tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from compress.accelerator import make_accelerator, micro_batch_size
 from compress.errors import UserError
 from compress.evaluate import EvalResult
 
@@ -29,6 +33,7 @@ log = logging.getLogger(__name__)
 
 _LOOP_KEYS = ("epoch", "step", "train_loss", "examples_per_s")  # of a history row; the rest: dev metrics
 LossFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict[str, float]]]
+EvaluateFn = Callable[[nn.Module, object], EvalResult]  # (model, accelerator) -> dev evaluation
 
 
 @dataclass
@@ -47,53 +52,67 @@ def show_progress() -> bool:
 
 def train(
     model: nn.Module,
-    loader: DataLoader,
+    make_loader: Callable[[int], DataLoader],
     loss_fn: LossFn,
-    evaluate_fn: Callable[[nn.Module], EvalResult],
+    evaluate_fn: EvaluateFn,
     param_groups: list[dict],
     settings,
     keep: str = "best",
     description: str = "train",
+    mixed_precision: str = "auto",
 ) -> TrainResult:
-    """Train for `settings.epochs` (fractions allowed) and restore the kept checkpoint."""
+    """Train for `settings.epochs` (fractions allowed) and restore the kept checkpoint.
+
+    `make_loader(batch_size)` gives the training loader of one micro-batch of every process
+    together (accelerate splits it between them)."""
+    accelerator = make_accelerator(mixed_precision, settings.grad_accum_steps)
+    loader = make_loader(micro_batch_size(settings, accelerator.num_processes))
+    sampler = loader.batch_sampler  # length-grouped, seeded by epoch: the same order in every process
+    accumulation = settings.grad_accum_steps
+    total_batches = max(1, math.ceil(len(loader) * settings.epochs))
+    total_steps = math.ceil(total_batches / accumulation)
     optimizer = torch.optim.AdamW(param_groups, lr=settings.lr)
-    total_steps = max(1, math.ceil(len(loader) * settings.epochs))
-    warmup_steps = int(settings.warmup_ratio * total_steps)
     # lr rises linearly from 0 over the warm-up steps, then falls linearly to 0 after the last step
-    scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, int(settings.warmup_ratio * total_steps), total_steps
+    )
+    wrapped, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     params = [p for group in param_groups for p in group["params"]]
-    result, best_state, step = None, None, 0
+    result, best_state, batches, step = None, None, 0, 0
     history: list[dict] = []
     examples, seconds, epochs = 0, 0.0, math.ceil(settings.epochs)
     for epoch in range(epochs):
-        loader.batch_sampler.set_epoch(epoch)
-        model.train()
+        sampler.set_epoch(epoch)
+        wrapped.train()
         bar = tqdm(
-            total=min(len(loader), total_steps - step),
+            total=min(len(loader), total_batches - batches),
             desc=f"{description} epoch {epoch + 1}",
             unit="batch",
             dynamic_ncols=True,
             leave=False,
-            disable=not show_progress(),  # off a terminal, the line logged below is the progress
+            disable=not (show_progress() and accelerator.is_local_main_process),
         )
         losses, started = [], time.perf_counter()
         for batch in loader:
-            if step >= total_steps:
+            if batches >= total_batches:
                 break
-            loss, logs = loss_fn(model, batch)
-            if not torch.isfinite(loss):  # one host sync per step, as loss.item() below already costs
-                raise UserError(
-                    f"{description}: training diverged (loss {loss.item()} at step {step + 1} of "
-                    f"{total_steps}); lower lr or raise warmup_ratio"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            step += 1
+            with accelerator.accumulate(wrapped), accelerator.autocast():
+                loss, logs = loss_fn(wrapped, batch)
+                if not torch.isfinite(loss):  # one host sync per batch, as loss.item() below already costs
+                    raise UserError(
+                        f"{description}: training diverged (loss {loss.item()} at step {step + 1} of "
+                        f"{total_steps}); lower lr or raise warmup_ratio"
+                    )
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(params, settings.max_grad_norm)
+                    step += 1
+                optimizer.step()  # accelerate's optimizer and scheduler skip accumulation batches
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            batches += 1
             losses.append(loss.item())
-            examples += batch["labels"].shape[0]
+            examples += batch["labels"].shape[0] * accelerator.num_processes
             rate = examples / (seconds + time.perf_counter() - started)
             bar.set_postfix(
                 loss=f"{losses[-1]:.4f}", ex_s=f"{rate:.0f}", **{k: f"{v:.3g}" for k, v in logs.items()}
@@ -101,7 +120,7 @@ def train(
             bar.update()
         bar.close()
         seconds += time.perf_counter() - started
-        evaluation = evaluate_fn(model)
+        evaluation = evaluate_fn(model, accelerator)
         history.append(
             {
                 "epoch": epoch + 1,
@@ -111,10 +130,12 @@ def train(
                 **evaluation.metrics,
             }
         )
-        log.info("%s", _describe_epoch(description, epochs, history[-1]))
+        if accelerator.is_main_process:
+            log.info("%s", _describe_epoch(description, epochs, history[-1]))
         if keep == "last" or result is None or evaluation.main > result.main:
             result = evaluation
             best_state = copy.deepcopy(model.state_dict()) if keep == "best" else None
+    accelerator.free_memory()  # drops the wrappers; `model` is the trained module itself
     if best_state is not None:
         model.load_state_dict(best_state)
     if not all(torch.isfinite(p).all() for p in params):

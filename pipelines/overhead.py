@@ -5,8 +5,8 @@
 Into DIR (default artifacts/<recipe name>-overhead), three wall times:
 `direct_s`: the stages through `compress.pipeline.run_pipeline`, no cache, into DIR/direct (no
 Prefect, no MLflow); `flow_s`: `compress_flow` as `cli.py compress --no-cache` runs it (the
-checked recipe, Prefect tasks, MLflow runs, model registration) into DIR/flow; `cached_s`: the flow again, every
-stage reused. `overhead_pct` = (flow_s - direct_s) / direct_s * 100. `check_s`: the checks
+checked recipe, Prefect tasks, MLflow runs, model registration) into DIR/flow; `cached_s`: the
+flow again, every stage reused. `overhead_pct` = (flow_s - direct_s) / direct_s * 100. `check_s`: the checks
 `cli.py compress` makes first (data, stores), which start Prefect's temporary local API when
 PREFECT_API_URL is unset. Runs are tracked in DIR/mlflow.db unless MLFLOW_TRACKING_URI is set.
 Prints the result and writes DIR/overhead.json.

@@ -329,9 +329,8 @@ def test_a_malformed_tokenizer_is_one_line(model_dir, content):
 
 def test_ltp_hard_names_the_thresholds_file_of_another_depth(tmp_path, tiny_model_dir):
     """thresholds from a 3-layer model for the 2-layer one: the stage names the file."""
-    from compress.recipe import LTPHardConfig
-    from compress.stages import STAGES
     from compress.stages.base import StageInputs
+    from compress.stages.ltp_hard import LTPHardConfig, run
 
     thresholds = tmp_path / "thresholds"
     thresholds.mkdir()
@@ -340,5 +339,5 @@ def test_ltp_hard_names_the_thresholds_file_of_another_depth(tmp_path, tiny_mode
     config = LTPHardConfig(name="hard", kind="ltp_hard", epochs=1, thresholds=str(thresholds))
     inputs = StageInputs(recipe, str(tiny_model_dir), tmp_path / "out")
     with pytest.raises(UserError, match=rf"{thresholds / PRUNING_FILE}: threshold_offsets has 3 entries"):
-        STAGES["ltp_hard"](config, inputs)
+        run(config, inputs)
     assert not (tmp_path / "out").exists()

@@ -42,6 +42,7 @@ def test_the_controller_drives_soft_thresholds_to_the_budget(reduction, first_la
     ids, mask = batch_with_mixed_lengths(lengths=(16, 14, 12, 16, 10, 15))
     spec = PruningSpec(final_threshold=0.0, max_length=16, temperature=5e-3, prune_from_layer=first_layer)
     model = PrunableModel(hf, spec).train()
+    model.threshold_offsets.requires_grad_(True)
     budget = FlopsBudget(reduction, total_steps=400, warmup=0.25, config=hf.config)
     optimizer = torch.optim.AdamW(
         [{"params": [model.threshold_offsets], "lr": 2e-3}, {"params": [budget.multipliers], "lr": 0.05}],

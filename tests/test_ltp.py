@@ -109,6 +109,7 @@ def test_gradients_reach_thresholds_in_soft_mode_only():
     model = PrunableModel(
         tiny_model("bert"), PruningSpec(final_threshold=0.05, max_length=16, temperature=1e-2)
     )
+    model.threshold_offsets.requires_grad_(True)  # as the soft stage does
     ids, mask = batch_with_mixed_lengths()
     out = model(ids, mask, mode="soft")
     (out.logits.sum() + out.kept_fraction).backward()

@@ -8,7 +8,8 @@ import yaml
 
 from compress.errors import UserError
 from compress.overrides import apply_overrides, parse_override
-from compress.recipe import LTPSoftConfig, dump_recipe, load_recipe, parse_recipe
+from compress.recipe import dump_recipe, load_recipe, parse_recipe
+from compress.stages.ltp_soft import LTPSoftConfig
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 BASE = {

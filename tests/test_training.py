@@ -8,11 +8,12 @@ import pytest
 import torch
 import yaml
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from compress.evaluate import EvalResult
 from compress.flops import EncoderCost
 from compress.recipe import parse_recipe
-from compress.stages import STAGES, StageInputs
+from compress.stages import KINDS, StageInputs
 from compress.stages.common import load_inputs, supervised_loss, weight_groups
 from compress.training import train
 
@@ -43,19 +44,34 @@ def test_lr_warms_up_linearly_from_zero_then_decays_to_zero():
     used = []
 
     def loss_fn(m, batch):
-        used.append(groups[0]["lr"])  # the lr the coming optimizer.step() applies
         return m(batch["x"]).square().mean(), {}
 
+    def record_lr(optimizer, args, kwargs):  # the lr this optimizer.step() applies
+        used.append(optimizer.param_groups[0]["lr"])
+
     counts = torch.ones(1, 2)
+    hook = register_optimizer_step_pre_hook(record_lr)
     result = train(
         model,
-        _StubLoader({"x": torch.ones(2, 1), "labels": torch.zeros(2)} for _ in range(5)),
+        lambda batch_size: _StubLoader({"x": torch.ones(2, 1), "labels": torch.zeros(2)} for _ in range(5)),
         loss_fn,
-        lambda m: EvalResult({"accuracy": 0.0}, "accuracy", 0.0, counts, counts, EncoderCost(1, 1), 0.0),
+        lambda m, accelerator: EvalResult(
+            {"accuracy": 0.0}, "accuracy", 0.0, counts, counts, EncoderCost(1, 1), 0.0
+        ),
         groups,
-        SimpleNamespace(lr=1e-3, epochs=2, warmup_ratio=0.2, max_grad_norm=1.0),
+        SimpleNamespace(
+            name="stub",
+            lr=1e-3,
+            epochs=2,
+            warmup_ratio=0.2,
+            max_grad_norm=1.0,
+            batch_size=2,
+            mixed_precision="auto",
+            grad_accum_steps=1,
+        ),  # fmt: skip
         keep="last",
     )
+    hook.remove()
     assert result.steps == 10
     expected = [0.0, 0.5] + [(10 - step) / 8 for step in range(2, 10)]
     assert used == pytest.approx([1e-3 * factor for factor in expected])
@@ -66,7 +82,7 @@ def test_finetune_is_deterministic_on_cpu(tmp_path, tiny_model_dir, real_glue_di
     recipe = tiny_recipe(tiny_model_dir, real_glue_dir, epochs=1, lr=1e-3)
     stage = recipe.stages[0]
     for name in ("a", "b"):
-        STAGES["finetune"](stage, StageInputs(recipe, str(tiny_model_dir), tmp_path / name))
+        KINDS["finetune"].run(stage, StageInputs(recipe, str(tiny_model_dir), tmp_path / name))
     first = (tmp_path / "a" / "model.safetensors").read_bytes()
     assert first == (tmp_path / "b" / "model.safetensors").read_bytes()
     assert yaml.safe_load((tmp_path / "a" / "recipe.yaml").read_text())["name"] == "tiny"
@@ -78,14 +94,14 @@ def test_the_best_epoch_is_restored(tmp_path, tiny_model_dir, real_glue_dir):
     model, _, task_data = load_inputs(StageInputs(recipe, str(tiny_model_dir), tmp_path / "x"))
     scores, states = iter([0.5, 0.9, 0.7]), []
 
-    def fake_evaluate(m):
+    def fake_evaluate(m, accelerator):
         states.append(copy.deepcopy(m.state_dict()))
         counts = torch.ones(1, 2)
         return EvalResult({"accuracy": 0.0}, "accuracy", next(scores), counts, counts, EncoderCost(1, 1), 0.0)
 
     result = train(
         model,
-        task_data.train_loader(16),
+        task_data.train_loader,
         supervised_loss(False, "off"),
         fake_evaluate,
         weight_groups(model, 0.0),
@@ -117,7 +133,9 @@ def test_ltp_hard_takes_thresholds_from_an_artifact_and_keeps_them_frozen(
         }
     ]
     recipe = parse_recipe(raw, "tiny")
-    result = STAGES["ltp_hard"](recipe.stages[0], StageInputs(recipe, str(tiny_model_dir), tmp_path / "out"))
+    result = KINDS["ltp_hard"].run(
+        recipe.stages[0], StageInputs(recipe, str(tiny_model_dir), tmp_path / "out")
+    )
     saved = PruningSpec.load(tmp_path / "out")
     assert saved.threshold_offsets == pytest.approx([0.0, 0.01]) and saved.final_threshold == 0.05
     assert result.kind == "ltp_hard"

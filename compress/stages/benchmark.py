@@ -12,12 +12,35 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import Field
 
 from compress.artifacts import RESULT_FILE, atomic_directory, read_result, write_json
 from compress.bench import BenchSettings, run_bench, select_models
 from compress.bench_report import write_report
-from compress.recipe import BenchmarkConfig, dump_recipe
+from compress.recipe import StageBase, dump_recipe
 from compress.stages.base import StageInputs, StageResult
+
+
+class BenchmarkConfig(StageBase):
+    """Time the unpruned baseline, the pruned and the final model side by side (`compress.bench`)."""
+
+    reads_train: ClassVar[bool] = False
+    followed_only_by: ClassVar[tuple[str, ...]] = ()  # the last stage
+
+    kind: Literal["benchmark"]
+    batch_sizes: list[int] = Field([1, 8, 32, 128], min_length=1)
+    threads: int = Field(2, ge=1)
+    rounds: int = Field(5, ge=1)
+    compile: bool = True  # also time every variant under torch.compile
+
+    def check_order(self, earlier: list[StageBase]) -> None:
+        if not earlier:
+            raise ValueError(
+                f"stages.{self.name}: a benchmark needs the stages that make its models before it "
+                "(to time an existing artifact: python cli.py bench TARGET)"
+            )
 
 
 def headline_ratios(bench: dict, compiled: bool) -> dict[str, float]:

@@ -7,6 +7,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from compress.accelerator import is_main_process, wait_for_everyone
 from compress.artifacts import RESULT_FILE, atomic_directory, save_model, write_json
 from compress.evaluate import EvalResult, evaluate, model_inputs
 from compress.flops import FP32, Precision
@@ -54,8 +55,9 @@ def weight_groups(model: PrunableModel, weight_decay: float) -> list[dict]:
 
 
 def evaluator(task_data: TaskData, batch_size: int, mode: Mode):
+    """The training loop's dev evaluation: (model, accelerator) -> EvalResult."""
     loaders = task_data.eval_loaders(batch_size)
-    return lambda model: evaluate(model, loaders, task_data.task, mode=mode)
+    return lambda model, accelerator=None: evaluate(model, loaders, task_data.task, mode, accelerator)
 
 
 def save_stage(
@@ -88,10 +90,13 @@ def save_stage(
         history=trained.history if trained else [],
         trace=trace or [],
     )
-    with atomic_directory(inputs.output_dir) as scratch:
-        save_model(model, tokenizer, scratch)
-        (scratch / "recipe.yaml").write_text(dump_recipe(inputs.recipe))
-        write_json(scratch / RESULT_FILE, {**result.to_dict(), "cache_key": inputs.cache_key})
+    if is_main_process():  # the other processes of a data-parallel run trained the same weights
+        with atomic_directory(inputs.output_dir) as scratch:
+            save_model(model, tokenizer, scratch)
+            (scratch / "recipe.yaml").write_text(dump_recipe(inputs.recipe))
+            write_json(scratch / RESULT_FILE, {**result.to_dict(), "cache_key": inputs.cache_key})
+    if trained is not None:  # a training stage ran in every process: the next reads this artifact
+        wait_for_everyone()
     return result
 
 
@@ -108,7 +113,8 @@ def train_and_save(
     loss_fn=None,
 ) -> StageResult:
     """The common body of a training stage: train on the task, evaluate with tokens dropped, save."""
-    trained = train_model(config, model, task_data, train_mode, groups, keep, loss_fn)
+    precision = inputs.recipe.mixed_precision
+    trained = train_model(config, model, task_data, train_mode, groups, keep, loss_fn, precision)
     return save_stage(inputs, config, model, tokenizer, task_data, trained.best, started, trained)
 
 
@@ -120,6 +126,7 @@ def train_model(
     groups: list[dict] | None = None,
     keep: str = "best",
     loss_fn=None,
+    mixed_precision: str = "auto",
 ) -> TrainResult:
     """Train with the stage's settings; evaluation drops tokens when the model prunes.
 
@@ -127,11 +134,12 @@ def train_model(
     eval_mode = "off" if model.spec is None else "drop"
     return train(
         model,
-        task_data.train_loader(config.batch_size),
+        task_data.train_loader,
         loss_fn or supervised_loss(task_data.task.is_regression, train_mode),
         evaluator(task_data, config.eval_batch_size, eval_mode),
         groups if groups is not None else weight_groups(model, config.weight_decay),
         config,
         keep=keep,
         description=config.name,
+        mixed_precision=mixed_precision,
     )

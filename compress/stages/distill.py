@@ -13,18 +13,45 @@ real int8 kernels. The best dev epoch is kept.
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from compress.errors import UserError
 from compress.evaluate import model_inputs
 from compress.ltp import PrunableModel
-from compress.models import load_model
+from compress.models import load_model, resolve_model
 from compress.quantize import prepare_qat, remove_fake_quantizers
-from compress.recipe import DistillConfig
+from compress.recipe import StageBase, TrainingConfig
 from compress.stages.base import StageInputs, StageResult
 from compress.stages.common import load_inputs, save_stage, task_loss, train_model
+
+
+class DistillConfig(TrainingConfig):
+    """Knowledge distillation: alpha * KD + (1 - alpha) * task loss (+ hidden_weight * [CLS] MSE)."""
+
+    kind: Literal["distill"]
+    teacher: str | None = None  # artifact dir or model id; default: the finetune stage's output
+    temperature: float = Field(2.0, gt=0)  # softens both logit distributions; KD is scaled by T^2
+    alpha: float = Field(0.5, ge=0, le=1)  # weight of the KD term
+    hidden_weight: float = Field(0.0, ge=0)  # weight of the MSE between final [CLS] hidden states
+    qat: bool = False  # train with int8 fake quantisation (torchao QAT prepare), for quantize qat_int8
+
+    def check_order(self, earlier: list[StageBase]) -> None:
+        if not self.teacher and not any(stage.kind == "finetune" for stage in earlier):
+            raise ValueError(
+                f"stages.{self.name}: distill needs a finetune stage before it or 'teacher' "
+                "(a fine-tuned model: artifact directory or hub id)"
+            )
+
+    def preflight(self) -> None:
+        if self.teacher:
+            try:
+                resolve_model(self.teacher)
+            except UserError as error:
+                raise UserError(f"stages.{self.name}.teacher: {error}") from None
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float, regression: bool):
@@ -41,6 +68,8 @@ def distillation_loss(teacher: PrunableModel, config: DistillConfig, regression:
 
     def loss_fn(student: PrunableModel, batch: dict):
         inputs = model_inputs(batch)
+        if teacher.device != inputs["input_ids"].device:  # where accelerate put the student
+            teacher.to(inputs["input_ids"].device)
         with torch.no_grad():
             target = teacher(**inputs, mode="drop")
         out = student(**inputs, mode="drop")
@@ -67,11 +96,12 @@ def run(config: DistillConfig, inputs: StageInputs) -> StageResult:
             f"stages.{config.name}.hidden_weight: teacher hidden size {teacher.config.hidden_size} "
             f"differs from the student's {student.config.hidden_size}; set hidden_weight: 0"
         )
-    student.threshold_offsets.requires_grad_(False)
     if config.qat:
         prepare_qat(student.hf_model)
     loss_fn = distillation_loss(teacher, config, task.is_regression)
-    trained = train_model(config, student, task_data, loss_fn=loss_fn)
+    trained = train_model(
+        config, student, task_data, loss_fn=loss_fn, mixed_precision=inputs.recipe.mixed_precision
+    )
     if config.qat:
         remove_fake_quantizers(student.hf_model)
     return save_stage(inputs, config, student, tokenizer, task_data, trained.best, started, trained)

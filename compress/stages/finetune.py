@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import time
+from typing import Literal
 
-from compress.recipe import FinetuneConfig
+from compress.recipe import TrainingConfig
 from compress.stages.base import StageInputs, StageResult
 from compress.stages.common import load_inputs, train_and_save
+
+
+class FinetuneConfig(TrainingConfig):
+    kind: Literal["finetune"]
 
 
 def run(config: FinetuneConfig, inputs: StageInputs) -> StageResult:

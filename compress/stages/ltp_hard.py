@@ -8,12 +8,36 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
 
 from compress.errors import UserError
-from compress.ltp import PrunableModel, PruningSpec
-from compress.recipe import LTPHardConfig
+from compress.ltp import PRUNING_FILE, PrunableModel, PruningSpec
+from compress.paths import user_path
+from compress.recipe import StageBase, TrainingConfig
 from compress.stages.base import StageInputs, StageResult
 from compress.stages.common import load_inputs, train_and_save
+
+
+class LTPHardConfig(TrainingConfig):
+    kind: Literal["ltp_hard"]
+    epochs: float = Field(5.0, gt=0, le=1000)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-5, gt=0)
+    thresholds: str | None = None  # artifact dir with pruning.json, when no ltp_soft stage precedes
+
+    def check_order(self, earlier: list[StageBase]) -> None:
+        if not self.thresholds and not any(stage.kind == "ltp_soft" for stage in earlier):
+            raise ValueError(
+                f"stages.{self.name}: ltp_hard needs an ltp_soft stage before it or 'thresholds' "
+                "(an artifact directory with pruning.json)"
+            )
+
+    def preflight(self) -> None:
+        key = f"stages.{self.name}.thresholds"
+        if self.thresholds and not (user_path(self.thresholds, key) / PRUNING_FILE).is_file():
+            raise UserError(f"{key}: no {PRUNING_FILE} in {self.thresholds}")
 
 
 def run(config: LTPHardConfig, inputs: StageInputs) -> StageResult:
@@ -28,5 +52,4 @@ def run(config: LTPHardConfig, inputs: StageInputs) -> StageResult:
         raise UserError(
             f"stages.{config.name}: the input model has no learned thresholds (run ltp_soft first)"
         )
-    model.threshold_offsets.requires_grad_(False)
     return train_and_save(config, inputs, model, tokenizer, task_data, started)

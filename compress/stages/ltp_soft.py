@@ -11,19 +11,47 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Literal
 
 import torch
+from pydantic import Field, model_validator
 
 from compress.budget import FlopsBudget, max_reduction
 from compress.errors import UserError
 from compress.evaluate import model_inputs
 from compress.ltp import PrunableModel, PruningSpec
-from compress.recipe import LTPSoftConfig
+from compress.recipe import StageBase, TrainingConfig
 from compress.stages.base import StageInputs, StageResult
 from compress.stages.common import load_inputs, save_stage, task_loss, train_model, weight_groups
 
 TRACE_POINTS = 200  # budget trajectory rows kept per stage
 REACHABLE = 0.8  # the largest share of the [CLS]-only reduction a budget may ask for
+HARD_PRUNING_KINDS = ("ltp_hard", "topk")  # stages that drop tokens; ltp_soft cannot follow them
+
+
+class LTPSoftConfig(TrainingConfig):
+    kind: Literal["ltp_soft"]
+    epochs: float = Field(1.0, gt=0, le=1000)  # paper: 1 on large sets, 10 on RTE/MRPC
+    batch_size: int = Field(64, ge=1)
+    final_threshold: float = Field(0.01, ge=0)  # theta_final
+    temperature: float = Field(1e-3, gt=0)  # T of the sigmoid mask
+    lambda_: float = Field(0.1, ge=0, alias="lambda")  # weight of the kept-token (L1) term
+    threshold_lr: float = Field(1e-4, gt=0)  # own AdamW group, no weight decay
+    prune_from_layer: int = Field(1, ge=0)  # LTP: 1 (layer 0 keeps every token); 0 prunes after its attention
+    # a FLOPs budget instead of lambda (compress.budget): GFLOPs reduction to reach, e.g. 3.0
+    target_gflops_reduction: float | None = Field(None, gt=1, le=100)
+    budget_lr: float = Field(0.01, gt=0)  # AdamW lr of the Lagrangian multipliers
+    budget_warmup: float = Field(0.5, ge=0, le=1)  # share of the steps while the target falls to it
+
+    @model_validator(mode="after")
+    def _one_pressure(self):
+        if self.target_gflops_reduction is not None and "lambda_" in self.model_fields_set:
+            raise ValueError("set lambda or target_gflops_reduction, not both (the budget replaces lambda)")
+        return self
+
+    def check_order(self, earlier: list[StageBase]) -> None:
+        if any(stage.kind in HARD_PRUNING_KINDS for stage in earlier):
+            raise ValueError(f"stages.{self.name}: ltp_soft cannot follow a hard pruning stage")
 
 
 def run(config: LTPSoftConfig, inputs: StageInputs) -> StageResult:
@@ -37,6 +65,7 @@ def run(config: LTPSoftConfig, inputs: StageInputs) -> StageResult:
         prune_from_layer=config.prune_from_layer,
     )
     model.threshold_offsets.data.zero_()
+    model.threshold_offsets.requires_grad_(True)
     groups = weight_groups(model, config.weight_decay)
     groups.append({"params": [model.threshold_offsets], "lr": config.threshold_lr, "weight_decay": 0.0})
     budget = None
@@ -46,7 +75,10 @@ def run(config: LTPSoftConfig, inputs: StageInputs) -> StageResult:
         budget = FlopsBudget(config.target_gflops_reduction, steps, config.budget_warmup, model.config)
         groups.append({"params": [budget.multipliers], "lr": config.budget_lr, "weight_decay": 0.0})
     loss_fn = soft_loss(task_data.task.is_regression, config.lambda_, budget)
-    trained = train_model(config, model, task_data, groups=groups, keep="last", loss_fn=loss_fn)
+    precision = inputs.recipe.mixed_precision
+    trained = train_model(
+        config, model, task_data, groups=groups, keep="last", loss_fn=loss_fn, mixed_precision=precision
+    )
     trace = budget.trace[:: max(1, len(budget.trace) // TRACE_POINTS)] if budget else []
     return save_stage(
         inputs, config, model, tokenizer, task_data, trained.best, started, trained, trace=trace
@@ -71,7 +103,7 @@ def soft_loss(regression: bool, lambda_: float, budget: FlopsBudget | None):
     def loss_fn(model: PrunableModel, batch: dict):
         out = model(**model_inputs(batch), mode="soft")
         loss = task_loss(out.logits, batch["labels"], regression)
-        logs = {"kept": float(out.kept_fraction.detach()) / model.num_layers}
+        logs = {"kept": float(out.kept_fraction.detach()) / out.tokens_in.shape[1]}  # mean over layers
         if budget is not None:
             penalty, budget_logs = budget.penalty(out.tokens_in, out.tokens_kept)
             return loss + penalty, logs | budget_logs

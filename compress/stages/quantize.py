@@ -14,17 +14,71 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
 
 from compress.errors import UserError
 from compress.evaluate import model_inputs
 from compress.ltp import PrunableModel
 from compress.onnx_model import ONNX_FILE, OnnxModel
 from compress.onnx_runtime import export_onnx, quantize_int8
-from compress.quantize import precision, quantize_encoder
-from compress.recipe import QuantizeConfig
+from compress.quantize import check_scheme, precision, quantize_encoder
+from compress.recipe import StageBase
 from compress.stages.base import StageInputs, StageResult
 from compress.stages.common import evaluator, load_inputs, save_stage
 from compress.task_data import TaskData
+
+INT8_ACTIVATIONS = ("int8_dynamic", "qat_int8")  # schemes whose activations are int8
+
+
+class QuantizeConfig(StageBase):
+    """Post-training int8 of the encoder's linear layers (no training), by torchao or ONNX Runtime."""
+
+    reads_train: ClassVar[bool] = False
+    followed_only_by: ClassVar[tuple[str, ...]] = ("benchmark",)
+
+    kind: Literal["quantize"]
+    scheme: Literal["int8_dynamic", "int8_weight_only", "int4_weight_only", "qat_int8"] = "int8_dynamic"
+    attention: Literal["float", "int8"] = "float"  # QK^T and AV; int8 needs pruning and int8 activations
+    # torchao: torch runs it; onnxruntime: the pruned model exported to ONNX, int8 by ONNX Runtime.
+    # Default: onnxruntime (the fast one on CPU) where it runs the scheme, else torchao.
+    engine: Literal["torchao", "onnxruntime"] | None = None
+    eval_batch_size: int = Field(128, ge=1)
+
+    @property
+    def onnxruntime_can_run(self) -> bool:
+        """ONNX Runtime runs int8 linear layers (int8 activations) with float attention."""
+        return self.scheme in INT8_ACTIVATIONS and self.attention == "float"
+
+    @model_validator(mode="after")
+    def _check_attention_and_engine(self) -> QuantizeConfig:
+        """int8 attention needs int8 activations; the engine defaults to the fast one that runs the scheme."""
+        if self.attention == "int8" and self.scheme not in INT8_ACTIVATIONS:
+            raise ValueError(
+                f"stages.{self.name}.attention: int8 attention needs int8 activations "
+                f"(scheme {' or '.join(INT8_ACTIVATIONS)}, not {self.scheme})"
+            )
+        if self.engine is None:
+            self.engine = "onnxruntime" if self.onnxruntime_can_run else "torchao"
+        elif self.engine == "onnxruntime" and not self.onnxruntime_can_run:
+            raise ValueError(
+                f"stages.{self.name}.engine: onnxruntime runs int8 linear layers with float attention "
+                f"(scheme {' or '.join(INT8_ACTIVATIONS)}, attention: float)"
+            )
+        return self
+
+    def check_order(self, earlier: list[StageBase]) -> None:
+        if self.scheme == "qat_int8" and not any(stage.kind == "distill" and stage.qat for stage in earlier):
+            raise ValueError(
+                f"stages.{self.name}.scheme: qat_int8 needs a distill stage with qat: true before it"
+            )
+
+    def preflight(self) -> None:
+        try:
+            check_scheme(self.scheme)
+        except UserError as error:
+            raise UserError(f"stages.{self.name}.scheme: {error}") from None
 
 
 def run(config: QuantizeConfig, inputs: StageInputs) -> StageResult:
