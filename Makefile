@@ -6,7 +6,7 @@ GLUE_DIR ?= $(abspath ../shared/data/glue)
 export GLUE_DIR
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install quickstart test lint
+.PHONY: install quickstart test lint gpu-check
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,3 +25,7 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+# Everything that needs a GPU (CUDA tests, quickstart in bf16, GPU bench rows): gpu-check/gpu_check.json
+gpu-check: install
+	$(VENV)/bin/python -m pipelines.gpu_check --out gpu-check
