@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 # What a stage computes depends on the library, not on the orchestration modules around it.
 ORCHESTRATION = {"pipeline.py", "sweep.py"}
 OUTPUT_FILES = ("summary.json", "stages", "recipe.yaml")  # what a run leaves in OUT
+PER_STAGE_ONLY = ("history", "main_metric", "trace")  # in a stage's result.json, not in the summary
 # Model types whose position ids start at pad_token_id + 1 (so they take fewer tokens than positions).
 OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "longformer")
 CODE_VERSION_FILES = sorted(p for p in Path(__file__).parent.rglob("*.py") if p.name not in ORCHESTRATION)
@@ -200,7 +201,11 @@ def summarize(recipe: Recipe, results: list[StageResult], baseline: dict) -> dic
         "task": recipe.task,
         "model": recipe.model,
         "stages": [
-            {key: value for key, value in r.to_dict().items() if key not in ("history", "main_metric")}
+            {
+                key: value
+                for key, value in r.to_dict().items()
+                if key not in ("history", "main_metric", "trace")
+            }
             for r in results
         ],
         "final": {
