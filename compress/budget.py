@@ -2,22 +2,23 @@
 
 Instead of LTP's lambda (a weight on kept tokens whose effect depends on the task, the lengths
 and the learning rates), the soft stage is trained against a constraint on its expected FLOPs,
-with a Lagrangian as in CoFi (Xia et al., 2022) and ToP (Li et al., 2023):
+with an augmented Lagrangian (the method of multipliers; CoFi and ToP use a Lagrangian too):
 
-    penalty = lambda_1 * (f - t) + lambda_2 * (f - t)^2
+    penalty = lambda * (f - t) + rho * (f - t)^2
 
 f is the batch's expected encoder MACs relative to the unpruned batch (from the soft masks'
-sums, `compress.flops.macs_fraction`), t the target fraction 1 / reduction. The multipliers are
-learned by gradient *ascent* (their gradients are negated), so lambda_1 grows while the model
-is over budget and shrinks, below zero if need be, when it prunes more than asked: the constraint
-is an equality, met from both sides. The target falls linearly from 1 to t over the first
-`warmup` fraction of the steps, so pruning grows as the weights adapt instead of at once.
+sums, `compress.flops.macs_fraction`), t the target fraction 1 / reduction. rho is fixed: its
+term pulls f towards t at once, from both sides, whatever the optimiser's step size (the
+thresholds' AdamW moves them at about their learning rate, so a multiplier that must first grow
+large before it acts would overshoot). lambda follows dual ascent after each step,
+lambda += rate * (f - t), outside the optimiser and its schedule: it removes the offset that the
+task loss's pull leaves under rho alone. The target moves linearly from the first batch's
+fraction (the initial thresholds already prune) to t over the first `warmup` fraction of the steps.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from compress.flops import macs_fraction
 
@@ -34,33 +35,35 @@ def max_reduction(config, lengths: torch.Tensor, prune_from_layer: int) -> float
     return 1.0 / float(macs_fraction(config, entering, kept))
 
 
-class FlopsBudget(nn.Module):
-    def __init__(self, target_reduction: float, total_steps: int, warmup: float, config):
-        super().__init__()
+class FlopsBudget:
+    def __init__(
+        self, target_reduction: float, total_steps: int, warmup: float, config, rho: float, rate: float
+    ):
         self.target = 1.0 / target_reduction
-        self.warmup_steps = max(1, round(warmup * total_steps))
+        self.warmup_steps = round(warmup * total_steps)
         self.config = config  # the Hugging Face config: hidden and FFN sizes
-        self.multipliers = nn.Parameter(torch.zeros(2))
-        self.multipliers.register_hook(torch.neg)  # ascent: the optimiser's descent step raises the penalty
+        self.rho, self.rate = rho, rate
+        self.multiplier = 0.0  # lambda
+        self.start: float | None = None  # the first batch's fraction, where the target starts
         self.steps = 0
-        self.trace: list[dict] = []  # per step: step, fraction, target, lambda_1
+        self.trace: list[dict] = []  # per step: step, fraction, target, lambda
 
     def target_now(self) -> float:
-        progress = min(1.0, self.steps / self.warmup_steps)
-        return 1.0 - progress * (1.0 - self.target)
+        start = self.start if self.start is not None else 1.0
+        progress = min(1.0, self.steps / self.warmup_steps) if self.warmup_steps else 1.0
+        return start - progress * (start - self.target)
 
     def penalty(self, tokens_in: torch.Tensor, tokens_kept: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """The Lagrangian term of one training step, from its (B, L) expected token counts."""
+        """The augmented Lagrangian of one training step, from its (B, L) expected token counts;
+        then the multiplier's ascent step."""
         fraction = macs_fraction(self.config, tokens_in.float(), tokens_kept.float())
+        if self.start is None:
+            self.start = max(self.target, min(1.0, float(fraction.detach())))
         target = self.target_now()
         gap = fraction - target
-        lambda_1, lambda_2 = self.multipliers
+        multiplier, observed = self.multiplier, float(gap.detach())
+        self.multiplier += self.rate * observed
         self.steps += 1
-        row = {
-            "step": self.steps,
-            "fraction": float(fraction.detach()),
-            "target": target,
-            "lambda_1": float(lambda_1.detach()),
-        }
+        row = {"step": self.steps, "fraction": observed + target, "target": target, "lambda": multiplier}
         self.trace.append(row)
-        return lambda_1 * gap + lambda_2 * gap**2, {"flops": row["fraction"], "target": target}
+        return multiplier * gap + self.rho * gap**2, {"flops": row["fraction"], "target": target}

@@ -308,7 +308,7 @@ def log_stage(run_id: str, result: StageResult) -> None:
             name = key if key == "train_loss" else f"epoch_{key}"
             rows.append(Metric(name, float(value), now, step))
     for point in result.trace:  # a FLOPs budget's trajectory, per training step
-        for key in ("fraction", "target", "lambda_1"):
+        for key in ("fraction", "target", "lambda"):
             rows.append(Metric(f"budget_{key}", float(point[key]), now, int(point["step"])))
     client.log_batch(run_id, metrics=rows, tags=[RunTag("cached", str(result.cached).lower())])
     if (Path(result.artifact) / PRUNING_FILE).is_file():

@@ -26,13 +26,26 @@ def test_macs_fraction_is_the_cost_ratio_of_hard_counts():
     assert float(macs_fraction(config, full, full)) == pytest.approx(1.0)
 
 
-def test_the_target_warms_up_linearly_to_its_value():
-    budget = FlopsBudget(4.0, total_steps=100, warmup=0.5, config=tiny_model("bert").config)
-    assert budget.target_now() == 1.0
+def test_the_target_moves_linearly_from_the_first_batch_to_its_value():
+    budget = FlopsBudget(4.0, total_steps=100, warmup=0.5, config=tiny_model("bert").config, rho=10, rate=0.5)
+    full = torch.tensor([[8, 8, 8]])
+    budget.penalty(full, full)  # the first batch prunes nothing: the target starts at 1
+    assert budget.trace[0]["target"] == 1.0 and budget.start == 1.0
     budget.steps = 25
     assert budget.target_now() == pytest.approx(1 - 0.5 * 0.75)
     budget.steps = 80
     assert budget.target_now() == pytest.approx(0.25)
+
+
+def test_the_multiplier_ascends_on_the_gap():
+    config = tiny_model("bert").config
+    budget = FlopsBudget(2.0, total_steps=10, warmup=0.0, config=config, rho=2.0, rate=0.5)
+    full = torch.tensor([[8, 8, 8]], dtype=torch.float32, requires_grad=True)
+    penalty, _ = budget.penalty(full, full)  # fraction 1 against the target 0.5 (no warm-up)
+    assert float(penalty) == pytest.approx(2.0 * 0.25)  # lambda starts at 0: rho * gap^2 alone ...
+    assert budget.multiplier == pytest.approx(0.25)  # ... and rises by rate * gap
+    penalty, _ = budget.penalty(full, full)
+    assert float(penalty) == pytest.approx(0.25 * 0.5 + 2.0 * 0.25)
 
 
 @pytest.mark.parametrize(("reduction", "first_layer"), [(1.5, 1), (2.5, 0)])
@@ -46,11 +59,8 @@ def test_the_controller_drives_soft_thresholds_to_the_budget(reduction, first_la
     spec = PruningSpec(final_threshold=0.0, max_length=16, temperature=5e-3, prune_from_layer=first_layer)
     model = PrunableModel(hf, spec).train()
     model.threshold_offsets.requires_grad_(True)
-    budget = FlopsBudget(reduction, total_steps=400, warmup=0.25, config=hf.config)
-    optimizer = torch.optim.AdamW(
-        [{"params": [model.threshold_offsets], "lr": 2e-3}, {"params": [budget.multipliers], "lr": 0.05}],
-        weight_decay=0.0,
-    )
+    budget = FlopsBudget(reduction, total_steps=400, warmup=0.25, config=hf.config, rho=10.0, rate=0.1)
+    optimizer = torch.optim.AdamW([model.threshold_offsets], lr=2e-3, weight_decay=0.0)
     for _ in range(400):
         out = model(ids, mask, mode="soft")
         penalty, _ = budget.penalty(out.tokens_in, out.tokens_kept)
@@ -121,7 +131,8 @@ def test_a_budgeted_soft_stage_records_its_trajectory(tmp_path, tiny_model_dir, 
     assert "trace" not in summary["stages"][0]  # in the stage's result.json, not in every summary
     trace = read_result(Path(summary["stages"][0]["artifact"]))["trace"]
     assert [point["step"] for point in trace] == [1, 2]
-    assert trace[0]["target"] == 1.0 and trace[1]["target"] == pytest.approx(1 / 1.5)
+    assert trace[0]["target"] == pytest.approx(trace[0]["fraction"])  # the start: where the batch is
+    assert trace[1]["target"] == pytest.approx(1 / 1.5)
     assert all(0 < point["fraction"] <= 1 for point in trace)
 
 
@@ -140,7 +151,7 @@ def test_the_trajectory_becomes_step_metrics_and_a_plot(tmp_path):
     from pipelines.tracking import log_stage
 
     trace = [
-        {"step": s, "fraction": 1 - s / 20, "target": 1 - s / 25, "lambda_1": s / 100} for s in (1, 5, 9)
+        {"step": s, "fraction": 1 - s / 20, "target": 1 - s / 25, "lambda": s / 100} for s in (1, 5, 9)
     ]
     result = StageResult(
         "soft", "ltp_soft", str(tmp_path), {"accuracy": 0.5}, "accuracy", 1.0, 1.0, {}, [], 1.0

@@ -40,7 +40,8 @@ class LTPSoftConfig(TrainingConfig):
     prune_from_layer: int = Field(1, ge=0)  # LTP: 1 (layer 0 keeps every token); 0 prunes after its attention
     # a FLOPs budget instead of lambda (compress.budget): GFLOPs reduction to reach, e.g. 3.0
     target_gflops_reduction: float | None = Field(None, gt=1, le=100)
-    budget_lr: float = Field(0.01, gt=0)  # AdamW lr of the Lagrangian multipliers
+    budget_rho: float = Field(10.0, gt=0)  # weight of the budget's quadratic term
+    budget_rate: float = Field(0.5, gt=0)  # step size of its multiplier's dual ascent
     budget_warmup: float = Field(0.5, ge=0, le=1)  # share of the steps while the target falls to it
 
     @model_validator(mode="after")
@@ -72,8 +73,14 @@ def run(config: LTPSoftConfig, inputs: StageInputs) -> StageResult:
     if config.target_gflops_reduction:
         check_reachable(config, model, task_data)
         steps = math.ceil(len(task_data.train_loader(config.batch_size)) * config.epochs)
-        budget = FlopsBudget(config.target_gflops_reduction, steps, config.budget_warmup, model.config)
-        groups.append({"params": [budget.multipliers], "lr": config.budget_lr, "weight_decay": 0.0})
+        budget = FlopsBudget(
+            config.target_gflops_reduction,
+            steps,
+            config.budget_warmup,
+            model.config,
+            config.budget_rho,
+            config.budget_rate,
+        )
     loss_fn = soft_loss(task_data.task.is_regression, config.lambda_, budget)
     precision = inputs.recipe.mixed_precision
     trained = train_model(
