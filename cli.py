@@ -208,8 +208,9 @@ def bench(
     data_dir: DataDirOption = None,
 ) -> None:
     """Time the baseline, pruned and final models side by side; write bench.json, bench.md, bench.png."""
-    from compress.bench import BenchSettings, resolve_target, run_bench
-    from compress.bench_report import markdown_table, write_report
+    from compress.bench.report import markdown_table, write_report
+    from compress.bench.targets import resolve_target
+    from compress.bench.timing import BenchSettings, run_bench
     from compress.paths import check_output_dir
 
     try:
@@ -228,7 +229,7 @@ def bench(
     out = check_output_dir(out or Path("artifacts") / "bench" / name, ours=BENCH_FILES)
     overrides = _overrides(slice_, data_dir)
     if target.startswith("random:"):
-        from compress.random_target import random_target
+        from compress.bench.random_target import random_target
 
         resolved = random_target(target, out / "models", overrides)
     else:

@@ -9,13 +9,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from compress.data.metrics import compute_metrics
+from compress.data.task_data import prepare_data
+from compress.data.tasks import TaskSpec
 from compress.flops import EncoderCost, cost_from_config
 from compress.ltp import Mode, PrunableModel
-from compress.metrics import compute_metrics
 from compress.models import load_model, load_tokenizer
 from compress.recipe import Recipe
-from compress.task_data import prepare_data
-from compress.tasks import TaskSpec
 
 
 @dataclass

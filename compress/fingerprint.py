@@ -10,11 +10,11 @@ import hashlib
 from functools import lru_cache
 from pathlib import Path
 
-from compress import data
-from compress.data_files import require_file
+from compress.data.files import require_file
+from compress.data.sources import HUB_ID, glue_files, resolve_data_dir
+from compress.data.tasks import get_task
 from compress.models import resolve_model
 from compress.recipe import Recipe
-from compress.tasks import get_task
 
 
 def file_digest(path: Path) -> str:
@@ -62,11 +62,11 @@ def data_identity(recipe: Recipe, need_train: bool) -> dict:
         for split, path in files.items():
             require_file(path, f"data.{'eval' if split == 'validation' else split}_file: data file")
         return {split: {"suffix": p.suffix.lower(), "sha256": file_digest(p)} for split, p in files.items()}
-    data_dir = data.resolve_data_dir(recipe.data.dir)
+    data_dir = resolve_data_dir(recipe.data.dir)
     if data_dir is None:
-        return {"hub": data.HUB_ID}
+        return {"hub": HUB_ID}
     task = get_task(recipe.task)
-    files = data.glue_files(task, data_dir, need_train)
+    files = glue_files(task, data_dir, need_train)
     for split, path in files.items():
         require_file(path, f"task {task.name} ({split} split): data file")
     return {split: {"sha256": file_digest(path)} for split, path in files.items()}

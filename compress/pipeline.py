@@ -19,9 +19,10 @@ from pathlib import Path
 from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoConfig
 
-from compress import data
 from compress.accelerator import micro_batch_size, num_processes
 from compress.artifacts import read_result, write_json
+from compress.data.sources import resolve_data_dir
+from compress.data.task_data import load_examples, prepare_data
 from compress.errors import UserError
 from compress.evaluate import evaluate_saved
 from compress.fingerprint import data_identity, model_identity
@@ -30,7 +31,6 @@ from compress.models import load_tokenizer, resolve_model
 from compress.reachability import check_reachable
 from compress.recipe import Recipe, TrainingConfig, dump_recipe
 from compress.stages import KINDS, StageInputs, StageResult
-from compress.task_data import load_examples, prepare_data
 
 log = logging.getLogger(__name__)
 # What a stage computes depends on the library, not on the orchestration modules around it.
@@ -88,7 +88,7 @@ def preflight(recipe: Recipe, check_data: bool = False) -> None:
     need_train = needs_train(recipe)
     if check_data:
         prepare_data(recipe, load_tokenizer(recipe.model), need_train=need_train)
-    elif recipe.task == "custom" or data.resolve_data_dir(recipe.data.dir) is not None:
+    elif recipe.task == "custom" or resolve_data_dir(recipe.data.dir) is not None:
         load_examples(recipe, need_train)
     processes = num_processes()
     for stage in recipe.stages:

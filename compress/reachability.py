@@ -15,7 +15,7 @@ from pathlib import Path
 from huggingface_hub import HfApi, constants, scan_cache_dir, try_to_load_from_cache
 from huggingface_hub.errors import CacheNotFound, RepositoryNotFoundError
 
-from compress.data import HUB_ID, resolve_data_dir
+from compress.data.sources import HUB_ID, resolve_data_dir
 from compress.errors import UserError
 from compress.models import resolve_model
 from compress.user_input import quote

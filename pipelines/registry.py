@@ -112,8 +112,8 @@ def _texts(model_input) -> tuple[list[str], list[str] | None]:
 
 
 def _task_of(recipe):
-    from compress.task_data import load_examples
-    from compress.tasks import get_task
+    from compress.data.task_data import load_examples
+    from compress.data.tasks import get_task
 
     if recipe.task != "custom":
         return get_task(recipe.task)

@@ -37,7 +37,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from prefect.exceptions import ExternalSignal
 
-from compress import data
+from compress.data.sources import HUB_ID, resolve_data_dir
 from compress.errors import Stopped, UserError
 from compress.ltp import PRUNING_FILE
 from compress.paths import user_path
@@ -181,8 +181,8 @@ def data_source(recipe: Recipe) -> str:
     if recipe.task == "custom":
         files = (recipe.data.train_file, recipe.data.eval_file)
         return ", ".join(str(user_path(file, "data file").resolve()) for file in files if file)
-    folder = data.resolve_data_dir(recipe.data.dir)
-    return f"hub:{data.HUB_ID}" if folder is None else str(folder.resolve())
+    folder = resolve_data_dir(recipe.data.dir)
+    return f"hub:{HUB_ID}" if folder is None else str(folder.resolve())
 
 
 @contextmanager

@@ -150,9 +150,7 @@ def test_the_trajectory_becomes_step_metrics_and_a_plot(tmp_path):
     from compress.stages.base import StageResult
     from pipelines.tracking import log_stage
 
-    trace = [
-        {"step": s, "fraction": 1 - s / 20, "target": 1 - s / 25, "lambda": s / 100} for s in (1, 5, 9)
-    ]
+    trace = [{"step": s, "fraction": 1 - s / 20, "target": 1 - s / 25, "lambda": s / 100} for s in (1, 5, 9)]
     result = StageResult(
         "soft", "ltp_soft", str(tmp_path), {"accuracy": 0.5}, "accuracy", 1.0, 1.0, {}, [], 1.0
     )

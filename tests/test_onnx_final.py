@@ -7,6 +7,7 @@ import shutil
 import pytest
 import torch
 
+from compress.data.task_data import prepare_data
 from compress.errors import UserError
 from compress.evaluate import model_inputs
 from compress.models import load_model, load_tokenizer
@@ -14,7 +15,6 @@ from compress.onnx_model import ONNX_FILE, OnnxModel
 from compress.pipeline import run_pipeline
 from compress.quantize import QUANTIZATION_FILE
 from compress.recipe import load_recipe
-from compress.task_data import prepare_data
 from tests.tiny_runs import TRAIN, write_recipe
 
 STAGES = [
@@ -92,7 +92,8 @@ def test_onnxruntime_takes_int8_linear_layers_with_float_attention(tmp_path, tin
 def test_bench_times_the_onnx_final_beside_its_peers(chain):
     """The final artifact is timed as itself (its own graph), next to ONNX Runtime int8 of the
     unpruned model; the benchmark stage's headline ratios name it."""
-    from compress.bench import BenchSettings, resolve_target, run_bench
+    from compress.bench.targets import resolve_target
+    from compress.bench.timing import BenchSettings, run_bench
     from compress.stages.benchmark import headline_ratios
 
     out, _, _ = chain

@@ -8,8 +8,8 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 from compress.artifacts import save_model
+from compress.bench.fast_path import PackedPruner
 from compress.errors import UserError
-from compress.fast_path import PackedPruner
 from compress.flops import FP16, FP32, Precision, encoder_cost
 from compress.int8_attention import attention_context, attention_scores
 from compress.ltp import PrunableModel, PruningSpec

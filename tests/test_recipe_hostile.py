@@ -17,7 +17,7 @@ import cli
 from compress.errors import UserError
 from compress.recipe import load_recipe
 from compress.user_input import MAX_YAML_CHARS
-from tests.test_data import write_glue_files
+from tests.data.test_data import write_glue_files
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 BASE = """\

@@ -1,6 +1,6 @@
 """Stage `benchmark`: time the unpruned baseline, the pruned and the final model side by side.
 
-The models come from the recipe's earlier stages (`compress.bench.select_models`); bench.json,
+The models come from the recipe's earlier stages (`compress.bench.targets.select_models`); bench.json,
 bench.md and bench.png land in the stage's artifact directory. The stage reports the metrics,
 GFLOPs and BOPs of the model it follows (it trains nothing), so the summary's final row stays the
 final model's; `speedup_*` metrics are the pruned-vs-baseline, final-vs-fp32-eager and
@@ -17,8 +17,9 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from compress.artifacts import RESULT_FILE, atomic_directory, read_result, write_json
-from compress.bench import BenchSettings, run_bench, select_models
-from compress.bench_report import write_report
+from compress.bench.report import write_report
+from compress.bench.targets import select_models
+from compress.bench.timing import BenchSettings, run_bench
 from compress.recipe import StageBase, dump_recipe
 from compress.stages.base import StageInputs, StageResult
 

@@ -9,13 +9,13 @@ import torch.nn.functional as F
 
 from compress.accelerator import is_main_process, wait_for_everyone
 from compress.artifacts import RESULT_FILE, atomic_directory, save_model, write_json
+from compress.data.task_data import TaskData, prepare_data
 from compress.evaluate import EvalResult, evaluate, model_inputs
 from compress.flops import FP32, Precision
 from compress.ltp import Mode, PrunableModel
 from compress.models import load_model, load_tokenizer
 from compress.recipe import dump_recipe
 from compress.stages.base import StageInputs, StageResult
-from compress.task_data import TaskData, prepare_data
 from compress.training import TrainResult, train
 
 

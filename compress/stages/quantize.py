@@ -18,6 +18,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from compress.data.task_data import TaskData
 from compress.errors import UserError
 from compress.evaluate import model_inputs
 from compress.ltp import PrunableModel
@@ -27,7 +28,6 @@ from compress.quantize import check_scheme, precision, quantize_encoder
 from compress.recipe import StageBase
 from compress.stages.base import StageInputs, StageResult
 from compress.stages.common import evaluator, load_inputs, save_stage
-from compress.task_data import TaskData
 
 INT8_ACTIVATIONS = ("int8_dynamic", "qat_int8")  # schemes whose activations are int8
 

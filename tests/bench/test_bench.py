@@ -7,16 +7,17 @@ import torch
 import yaml
 
 import cli
-from compress import bench_profile, varlen_attention
 from compress.artifacts import save_model
-from compress.bench import BenchSettings, add_ratios, resolve_target, run_bench
-from compress.bench_report import markdown_table, peer_table, write_report
+from compress.bench import profile, varlen_attention
+from compress.bench.fast_path import PackedPruner, fuse_qkv
+from compress.bench.random_target import random_target
+from compress.bench.report import markdown_table, peer_table, write_report
+from compress.bench.targets import resolve_target
+from compress.bench.timing import BenchSettings, add_ratios, run_bench
 from compress.errors import UserError
-from compress.fast_path import PackedPruner, fuse_qkv
 from compress.ltp import PrunableModel, PruningSpec
 from compress.models import load_model, load_tokenizer
 from compress.quantize import quantize_encoder
-from compress.random_target import random_target
 from compress.recipe import parse_recipe
 from tests.test_ltp import PRUNING, batch_with_mixed_lengths, tiny_model
 
@@ -173,8 +174,8 @@ def test_bench_json_keeps_the_contract(bench_models, tiny_model_dir, real_glue_d
 
 
 def test_machine_info_names_the_cpu_from_py_cpuinfo(monkeypatch):
-    monkeypatch.setattr(bench_profile.cpuinfo, "get_cpu_info", lambda: {"brand_raw": "Some CPU 9000"})
-    machine = bench_profile.machine_info(threads=3)
+    monkeypatch.setattr(profile.cpuinfo, "get_cpu_info", lambda: {"brand_raw": "Some CPU 9000"})
+    machine = profile.machine_info(threads=3)
     assert machine["cpu"] == "Some CPU 9000" and machine["threads"] == 3
     assert {"gpu", "torch", "torchao", "transformers", "onnxruntime"} <= set(machine)
 
@@ -183,12 +184,12 @@ def test_machine_info_falls_back_to_the_platform_cpu_name(monkeypatch):
     def fail():
         raise RuntimeError("no cpuid here")
 
-    monkeypatch.setattr(bench_profile.cpuinfo, "get_cpu_info", fail)
-    monkeypatch.setattr(bench_profile.platform, "processor", lambda: "")
-    monkeypatch.setattr(bench_profile.platform, "machine", lambda: "")
-    assert bench_profile.machine_info(threads=1)["cpu"] == "unknown"
-    monkeypatch.setattr(bench_profile.platform, "processor", lambda: "x86_64")
-    assert bench_profile.machine_info(threads=1)["cpu"] == "x86_64"
+    monkeypatch.setattr(profile.cpuinfo, "get_cpu_info", fail)
+    monkeypatch.setattr(profile.platform, "processor", lambda: "")
+    monkeypatch.setattr(profile.platform, "machine", lambda: "")
+    assert profile.machine_info(threads=1)["cpu"] == "unknown"
+    monkeypatch.setattr(profile.platform, "processor", lambda: "x86_64")
+    assert profile.machine_info(threads=1)["cpu"] == "x86_64"
 
 
 def test_ratios_of_onnx_runtime_rows_and_devices_without_it():

@@ -4,7 +4,7 @@ One run times every variant on the task's dev set (the recipe's first eval split
 from examples sorted by length (longest first), in the same order for every variant (DESIGN §5):
 
     baseline   the unpruned fine-tuned model: the plain Hugging Face forward, fp32
-    pruned     the pruned float model, tokens really dropped (`compress.fast_path.PackedPruner`)
+    pruned     the pruned float model, tokens really dropped (`compress.bench.fast_path.PackedPruner`)
     final      the pruned + quantised model (int8 linear layers), same fast path; a final
                artifact of ONNX Runtime (quantize `engine: onnxruntime`) runs its own graph
 
@@ -48,33 +48,27 @@ ONNX Runtime did not run on that device).
 from __future__ import annotations
 
 import contextlib
-import copy
-import json
 import logging
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from compress import data, onnx_runtime
-from compress.bench_profile import attention_kernel_share, machine_info, matmul_ms
+from compress.bench.profile import attention_kernel_share, machine_info, matmul_ms
+from compress.bench.runners import DTYPE_NAMES, Runner, make_runner, models_on, onnx_runners, session_runner
+from compress.data.batching import make_loader
+from compress.data.task_data import prepare_data
 from compress.errors import UserError
 from compress.evaluate import model_inputs
-from compress.fast_path import PackedPruner
 from compress.flops import cost_from_config
-from compress.ltp import PRUNING_FILE, PrunableModel
-from compress.models import load_model, load_tokenizer
+from compress.models import load_tokenizer
 from compress.onnx_model import OnnxModel
-from compress.quantize import PRECISION, QUANTIZATION_FILE
-from compress.recipe import Recipe, load_recipe
-from compress.task_data import prepare_data
+from compress.recipe import Recipe
 from compress.training import show_progress
 
 log = logging.getLogger(__name__)
@@ -102,173 +96,6 @@ class BenchSettings:
             raise UserError("devices: cuda was asked for, but this machine has no CUDA GPU (use cpu)")
 
 
-@dataclass
-class BenchTarget:
-    """The models a bench compares, and the recipe naming their task and data."""
-
-    recipe: Recipe
-    baseline: str  # the unpruned fine-tuned model: artifact dir, path or hub id
-    pruned: str | None  # the last float pruned artifact
-    final: str | None  # the quantised artifact
-
-
-def resolve_target(target: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> BenchTarget:
-    """What to compare for TARGET: a recipe output folder (summary.json) or a stage artifact directory.
-
-    Recipe folder: its stages' artifacts. Stage directory: the stages of its recipe.yaml up to it,
-    found as sibling directories. Baseline = the finetune stage's artifact, else a distill stage's
-    named teacher, else the recipe's `model` (as in summary.json); pruned = the last float artifact
-    with pruning.json, else the recipe's `model` when it has one; final = the last quantised artifact.
-    """
-    path = Path(target)
-    if (path / "summary.json").is_file():
-        recipe = load_recipe(path / "recipe.yaml", overrides)
-        stages = json.loads((path / "summary.json").read_text())["stages"]
-        chain = [(stage["kind"], Path(stage["artifact"])) for stage in stages]
-    elif (path / "recipe.yaml").is_file() and (path / "config.json").is_file():
-        recipe = load_recipe(path / "recipe.yaml", overrides)
-        names = [stage.name for stage in recipe.stages]
-        before = recipe.stages[: names.index(path.name)] if path.name in names else []
-        chain = [(stage.kind, path.parent / stage.name) for stage in before] + [(None, path)]
-    else:
-        raise UserError(
-            f"bench target {str(target)!r}: not a recipe output folder (summary.json) "
-            "nor a stage artifact (recipe.yaml + config.json)"
-        )
-    return select_models(recipe, chain, f"bench target {str(target)!r}")
-
-
-def select_models(recipe: Recipe, chain: list[tuple[str | None, Path]], source: str) -> BenchTarget:
-    """Baseline, pruned and final model among a recipe's stage artifacts (kind, folder), in order."""
-    chain = [(kind, folder) for kind, folder in chain if (folder / "config.json").is_file()]
-    quantized = [folder for _, folder in chain if (folder / QUANTIZATION_FILE).is_file()]
-    pruned = [f for _, f in chain if (f / PRUNING_FILE).is_file() and f not in quantized]
-    if not pruned and (Path(recipe.model) / PRUNING_FILE).is_file():
-        pruned = [Path(recipe.model)]
-    if not pruned and not quantized:
-        raise UserError(f"{source}: no pruned or quantised model to compare")
-    fallback = recipe.named_teacher() or recipe.model
-    baseline = next((str(folder) for kind, folder in chain if kind == "finetune"), fallback)
-    return BenchTarget(
-        recipe,
-        baseline,
-        str(pruned[-1]) if pruned else None,
-        str(quantized[-1]) if quantized else None,
-    )
-
-
-def _as_is(batch: dict) -> dict:
-    return batch
-
-
-@dataclass
-class Runner:
-    """One timed variant: input -> logits (B, C), tokens entering and kept per example and layer (B, L)."""
-
-    variant: str
-    device: str
-    dtype: str
-    compiled: bool
-    config: object  # the Hugging Face config, for GFLOPs
-    forward: Callable[[object], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-    engine: str = "torch"
-    prepare: Callable[[dict], object] = _as_is  # a batch to the forward's input, before the timing
-    export_s: float | None = None
-
-
-def make_runner(variant: str, model: PrunableModel, compiled: bool) -> Runner:
-    """The plain Hugging Face forward for an unpruned model (or the baseline), else the packed fast path."""
-    parameter = model.hf_model.base_model.embeddings.word_embeddings.weight
-    quantized = model.quantization and f"int{PRECISION[model.quantization].weight_bits}"
-    dtype = quantized or _DTYPE_NAMES[parameter.dtype]
-    if variant == "baseline" or model.spec is None:
-        hf_model = torch.compile(model.hf_model, dynamic=True) if compiled else model.hf_model
-
-        @torch.inference_mode()
-        def forward(batch: dict):
-            logits = hf_model(**batch).logits
-            counts = batch["attention_mask"].sum(dim=1, keepdim=True).expand(-1, model.num_layers)
-            return logits, counts, counts
-
-    else:
-        pruner = PackedPruner(model, compiled=compiled)
-
-        def forward(batch: dict):  # inference mode inside
-            out = pruner(**batch)
-            return out.logits, out.tokens_in, out.tokens_kept
-
-    return Runner(variant, parameter.device.type, dtype, compiled, model.config, forward)
-
-
-_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-
-
-def onnx_runners(models: dict[str, PrunableModel], example: dict, settings, folder: Path) -> list[Runner]:
-    """ONNX Runtime runners of float models (baseline, pruned), fp32 and int8, on CPU and, where ONNX
-    Runtime has the CUDA execution provider, on the GPU; `example` traces the export into `folder`."""
-    devices = [d for d in settings.devices if d == "cpu" or onnx_runtime.cuda_available()]
-    if len(devices) < len(settings.devices):
-        log.warning("ONNX Runtime has no CUDA execution provider here: no ONNX Runtime rows on the GPU")
-    runners = []
-    for variant, model in models.items() if devices else ():
-        source = model if model.hf_model.device.type == "cpu" else copy.deepcopy(model).cpu()
-        if variant == "baseline" and source.spec is not None:  # unpruned, as the torch baseline runs it
-            source = PrunableModel(source.hf_model).eval()
-        started = time.perf_counter()
-        fp32 = onnx_runtime.export_onnx(source, folder / f"{variant}.onnx", example)
-        exported = time.perf_counter() - started
-        int8 = onnx_runtime.quantize_int8(fp32, folder / f"{variant}_int8.onnx")
-        quantized = time.perf_counter() - started
-        for device in devices:
-            for dtype, path, spent in (("fp32", fp32, exported), ("int8", int8, quantized)):
-                runners.append(
-                    session_runner(variant, path, model.config, dtype, device, settings.threads, spent)
-                )
-    return runners
-
-
-def session_runner(
-    variant: str, path: Path, config, dtype: str, device: str, threads: int, export_s: float = 0.0
-) -> Runner:
-    """A runner of the ONNX graph at `path` in a session of its own (`threads` intra-op threads);
-    `export_s`: what making the graph took, the session's creation added."""
-    started = time.perf_counter()
-    session = onnx_runtime.make_session(path, threads, device)
-    return Runner(
-        variant,
-        device,
-        dtype,
-        False,
-        config,
-        partial(onnx_runtime.run_session, session),
-        engine="onnxruntime",
-        prepare=partial(onnx_runtime.session_feed, session),
-        export_s=round(export_s + time.perf_counter() - started, 2),
-    )
-
-
-def _models_on(name: str, device: str, task) -> list[PrunableModel | OnnxModel]:
-    """The model on `device`: as saved on CPU; on CUDA also in bf16 unless it is quantised (an ONNX
-    Runtime artifact: on CUDA only where ONNX Runtime has its CUDA execution provider).
-
-    Only the Hugging Face weights change dtype: the thresholds stay fp32, as the scores are.
-    """
-    model = load_model(name, task.num_labels, task.is_regression)
-    if device == "cpu" or isinstance(model, OnnxModel) and onnx_runtime.cuda_available():
-        return [model]
-    if isinstance(model, OnnxModel):
-        return []
-    if model.int8_attention:  # torch._int_mm on CUDA wants more than 16 rows: short sequences have fewer
-        log.warning("%s: int8 attention is timed on CPU only", name)
-        return []
-    models = [model.to(device)]
-    if not model.quantization:
-        half = copy.deepcopy(model)
-        half.hf_model.to(torch.bfloat16)
-        models.append(half)
-    return models
-
-
 def run_bench(
     baseline: str,
     pruned: str | None,
@@ -292,7 +119,7 @@ def run_bench(
         runners, float_models = [], {}
         for variant, name in models.items():
             for device in settings.devices if name else ():
-                for model in _models_on(name, device, task):
+                for model in models_on(name, device, task):
                     if isinstance(model, OnnxModel):  # a final artifact of ONNX Runtime: its own graph
                         runners.append(
                             session_runner(
@@ -305,12 +132,12 @@ def run_bench(
                     if variant != "final":
                         float_models.setdefault(variant, model)  # the first: fp32
         example = model_inputs(
-            next(iter(data.make_loader(examples, 2, task_data.pad_token_id, False, recipe.seed)))
+            next(iter(make_loader(examples, 2, task_data.pad_token_id, False, recipe.seed)))
         )
         runners += onnx_runners(float_models, example, settings, onnx_dir)
         rows = []
         for batch_size in settings.batch_sizes:
-            loader = data.make_loader(examples, batch_size, task_data.pad_token_id, False, recipe.seed)
+            loader = make_loader(examples, batch_size, task_data.pad_token_id, False, recipe.seed)
             batches = [model_inputs(batch) for batch in loader]
             for device in settings.devices:
                 on_device = [{key: value.to(device) for key, value in batch.items()} for batch in batches]
@@ -444,7 +271,7 @@ def add_ratios(rows: list[dict]) -> list[dict]:
     key = ("engine", "device", "dtype", "compiled", "batch_size")
     baselines = {tuple(r[k] for k in key): r for r in rows if r["variant"] == "baseline"}
     for row in rows:
-        dtype = row["dtype"] if row["dtype"] in _DTYPE_NAMES.values() else "fp32"
+        dtype = row["dtype"] if row["dtype"] in DTYPE_NAMES.values() else "fp32"
         eager = baselines[("torch", row["device"], "fp32", False, row["batch_size"])]
         own = ("torch", row["device"], dtype, row["compiled"], row["batch_size"])
         base = baselines[own] if row["engine"] == "torch" else eager

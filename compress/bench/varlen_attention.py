@@ -1,6 +1,6 @@
 """Attention over packed variable-length sequences that also returns LTP's token importance.
 
-The GPU half of the pruned inference path (`compress.fast_path`). The kept tokens of a batch lie
+The GPU half of the pruned inference path (`compress.bench.fast_path`). The kept tokens of a batch lie
 packed in one (T, H, dh) tensor, sequence b at rows cu_seqlens[b] : cu_seqlens[b + 1]. One Triton
 kernel gives, per token, the attention output and the importance score of `compress.ltp`:
 

@@ -4,8 +4,8 @@ pruned fast path against the drop path. On CPU the Triton kernel runs under Trit
 import pytest
 import torch
 
-from compress import varlen_attention
-from compress.fast_path import PackedPruner
+from compress.bench import varlen_attention
+from compress.bench.fast_path import PackedPruner
 from compress.ltp import PrunableModel, PruningSpec
 from tests.test_ltp import PRUNING, batch_with_mixed_lengths, tiny_model
 
@@ -79,9 +79,9 @@ def test_cuda_fast_path_is_varlen_and_matches_the_drop_path(dtype):
 @pytest.mark.gpu
 def test_bench_reports_the_attention_kernel_share_on_cuda(tiny_model_dir, real_glue_dir, tmp_path):
     from compress.artifacts import save_model
-    from compress.bench import BenchSettings, run_bench
+    from compress.bench.timing import BenchSettings, run_bench
     from compress.models import load_model, load_tokenizer
-    from tests.test_bench import tiny_recipe
+    from tests.bench.test_bench import tiny_recipe
 
     model = load_model(str(tiny_model_dir), 2, False)
     model.spec = PruningSpec(final_threshold=0.016, max_length=128)

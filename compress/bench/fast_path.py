@@ -6,7 +6,7 @@ batch (SST-2, MiniLM: 20% padding against 3% before pruning). Here every linear 
 LayerNorms and the GELU run on the live tokens packed into one (T, d) tensor, Q, K and V come
 from one fused GEMM, and attention (QK^T, softmax, AV: a few percent of the FLOPs) runs
 - on CPU, on a padded (B, K, H, dh) copy (one scatter, skipped when nothing is padded);
-- on CUDA, packed (`compress.varlen_attention`: one Triton kernel for the output and the
+- on CUDA, packed (`compress.bench.varlen_attention`: one Triton kernel for the output and the
   importance scores, the probabilities never written out).
 Thresholds, importance scores and keep decisions are `PrunableModel`'s own, so the logits and
 the token counts are those of mode="drop" (up to float rounding).
@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from compress import varlen_attention
+from compress.bench import varlen_attention
 from compress.int8_attention import attention_context, attention_scores
 from compress.ltp import PrunableModel, PrunedOutput, _finish_layer, token_importance
 

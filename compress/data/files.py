@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from compress.data.tasks import TaskSpec
 from compress.errors import UserError
-from compress.tasks import TaskSpec
 from compress.user_input import quote
 
 logger = logging.getLogger(__name__)
@@ -321,5 +321,5 @@ def _show(value: Any) -> str:
 
 
 def make_example(texts: Sequence[str], label: int | float) -> dict:
-    """An example (see `compress.data`) from one or two texts and a label."""
+    """An example (see `compress.data.sources`) from one or two texts and a label."""
     return {"text": texts[0], "text_pair": texts[1] if len(texts) > 1 else None, "label": label}

@@ -6,8 +6,7 @@ import warnings
 import numpy as np
 import pytest
 
-from compress.errors import UserError
-from compress.metrics import (
+from compress.data.metrics import (
     accuracy,
     compute_metrics,
     f1,
@@ -15,7 +14,8 @@ from compress.metrics import (
     pearson,
     spearman,
 )
-from compress.tasks import TASKS, get_task
+from compress.data.tasks import TASKS, get_task
+from compress.errors import UserError
 
 # ---------------------------------------------------------------- tasks
 

@@ -8,19 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from compress.data import (
-    LengthGroupedBatches,
-    collate,
-    filter_by_length,
-    load_glue,
-    make_loader,
-    resolve_data_dir,
-    slice_examples,
-    tokenize,
-)
-from compress.data_files import load_files
+from compress.data.batching import LengthGroupedBatches, collate, make_loader
+from compress.data.files import load_files
+from compress.data.sources import filter_by_length, load_glue, resolve_data_dir, slice_examples, tokenize
+from compress.data.tasks import TASKS, get_task
 from compress.errors import UserError
-from compress.tasks import TASKS, get_task
 
 # ---------------------------------------------------------------- GLUE layout written here
 
@@ -197,7 +189,7 @@ def test_every_task_loads_from_a_glue_folder(glue_dir, name):
 
 
 def test_malformed_rows_are_skipped_and_counted(glue_dir, caplog):
-    with caplog.at_level("WARNING", logger="compress.data_files"):
+    with caplog.at_level("WARNING", logger="compress.data.files"):
         load_glue(get_task("qqp"), glue_dir)
     assert "skipped 1 malformed rows" in caplog.text and "QQP/train.tsv" in caplog.text
 

@@ -15,7 +15,7 @@ from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import f1_score
 from sklearn.metrics import matthews_corrcoef as sklearn_matthews
 
-from compress.tasks import TaskSpec
+from compress.data.tasks import TaskSpec
 
 
 def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:

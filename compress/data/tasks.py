@@ -36,7 +36,7 @@ class TaskSpec:
     hub_config: str  # config name in nyu-mll/glue
     hub_text_columns: tuple[str, ...]  # text column names in the hub dataset
     hub_eval_splits: dict[str, str] = field(hash=False)  # our split name -> hub split name
-    metrics: tuple[str, ...]  # names understood by compress.metrics
+    metrics: tuple[str, ...]  # names understood by compress.data.metrics
     main_metric: str  # the one reported as "the" task metric
     # Column names for header-less TSVs (CoLA); None means the first row is the header.
     tsv_header: tuple[str, ...] | None = None

@@ -7,12 +7,12 @@ import pytest
 import yaml
 
 import cli
-from compress.data import load_glue
-from compress.data_files import load_files
+from compress.data.files import load_files
+from compress.data.sources import load_glue
+from compress.data.task_data import prepare_data
+from compress.data.tasks import get_task
 from compress.errors import UserError
 from compress.recipe import parse_recipe
-from compress.task_data import prepare_data
-from compress.tasks import get_task
 
 
 def _write(path: Path, text: str | bytes) -> Path:
@@ -160,10 +160,12 @@ def test_a_one_class_glue_train_file_is_refused(tmp_path, tiny_model_dir, tokeni
 def test_a_tiny_train_set_is_warned_about(tmp_path, tiny_model_dir, tokenizer, caplog):
     train = _jsonl(tmp_path / "train.jsonl", [0, 1, 0])
     recipe = _recipe(tiny_model_dir, train_file=str(train), eval_file=str(train))
-    with caplog.at_level("WARNING", logger="compress.task_data"):
+    with caplog.at_level("WARNING", logger="compress.data.task_data"):
         assert len(prepare_data(recipe, tokenizer).train) == 3
     warnings = [
-        r.getMessage() for r in caplog.records if r.name == "compress.task_data" and r.levelname == "WARNING"
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "compress.data.task_data" and r.levelname == "WARNING"
     ]
     assert warnings == [f"{train}: only 3 training examples, too few to train on meaningfully"]
 

@@ -7,10 +7,20 @@ from dataclasses import dataclass
 
 from torch.utils.data import DataLoader
 
-from compress import data, data_files
+from compress.data.batching import make_loader
+from compress.data.files import load_files
+from compress.data.sources import (
+    HUB_ID,
+    filter_by_length,
+    glue_files,
+    load_glue,
+    resolve_data_dir,
+    slice_examples,
+    tokenize,
+)
+from compress.data.tasks import TaskSpec, get_task
 from compress.errors import UserError
 from compress.recipe import Recipe
-from compress.tasks import TaskSpec, get_task
 
 log = logging.getLogger(__name__)
 MIN_TRAIN_EXAMPLES = 8  # fewer trains on noise: warned, not refused (tests train on tiny slices)
@@ -25,11 +35,11 @@ class TaskData:
     seed: int
 
     def train_loader(self, batch_size: int) -> DataLoader:
-        return data.make_loader(self.train, batch_size, self.pad_token_id, shuffle=True, seed=self.seed)
+        return make_loader(self.train, batch_size, self.pad_token_id, shuffle=True, seed=self.seed)
 
     def eval_loaders(self, batch_size: int) -> dict[str, DataLoader]:
         return {
-            split: data.make_loader(rows, batch_size, self.pad_token_id, shuffle=False, seed=self.seed)
+            split: make_loader(rows, batch_size, self.pad_token_id, shuffle=False, seed=self.seed)
             for split, rows in self.evals.items()
         }
 
@@ -61,7 +71,7 @@ def load_examples(recipe: Recipe, need_train: bool) -> tuple[TaskSpec, dict[str,
     if recipe.task == "custom":
         if need_train and not cfg.train_file:
             raise UserError("data.train_file: task 'custom' with a training stage needs a train file")
-        splits, labels = data_files.load_files(
+        splits, labels = load_files(
             cfg.train_file if need_train else None,
             cfg.eval_file,
             cfg.text_column,
@@ -72,18 +82,18 @@ def load_examples(recipe: Recipe, need_train: bool) -> tuple[TaskSpec, dict[str,
         )
         return custom_task(recipe, labels), splits
     task = get_task(recipe.task)
-    return task, data.load_glue(task, data.resolve_data_dir(cfg.dir), need_train=need_train)
+    return task, load_glue(task, resolve_data_dir(cfg.dir), need_train=need_train)
 
 
 def _data_sources(recipe: Recipe, task: TaskSpec) -> dict[str, str]:
     """Where each split comes from, for messages: a file, or the hub dataset's config/split."""
     if recipe.task == "custom":
         return {"train": str(recipe.data.train_file), "validation": str(recipe.data.eval_file)}
-    data_dir = data.resolve_data_dir(recipe.data.dir)
+    data_dir = resolve_data_dir(recipe.data.dir)
     if data_dir is None:
         hub_splits = {"train": "train", **task.hub_eval_splits}
-        return {split: f"{data.HUB_ID} {task.hub_config}/{hub}" for split, hub in hub_splits.items()}
-    return {split: str(path) for split, path in data.glue_files(task, data_dir).items()}
+        return {split: f"{HUB_ID} {task.hub_config}/{hub}" for split, hub in hub_splits.items()}
+    return {split: str(path) for split, path in glue_files(task, data_dir).items()}
 
 
 def _check_train_set(task: TaskSpec, train: list[dict], source: str, total: int) -> None:
@@ -115,12 +125,10 @@ def prepare_data(recipe: Recipe, tokenizer, need_train: bool = True) -> TaskData
     train = []
     if need_train:
         rows = splits.pop("train")
-        examples = data.slice_examples(
+        examples = slice_examples(
             rows, cfg.max_train_samples, recipe.seed, f"train split ({sources['train']})"
         )
-        train = data.filter_by_length(
-            data.tokenize(examples, tokenizer, cfg.max_seq_length), cfg.train_length
-        )
+        train = filter_by_length(tokenize(examples, tokenizer, cfg.max_seq_length), cfg.train_length)
         if not train:
             raise UserError(
                 f"data.train_length: no training example in {sources['train']} has {cfg.train_length} tokens"
@@ -129,12 +137,10 @@ def prepare_data(recipe: Recipe, tokenizer, need_train: bool = True) -> TaskData
     splits.pop("train", None)
     evals = {}
     for split, rows in splits.items():
-        examples = data.slice_examples(
+        examples = slice_examples(
             rows, cfg.max_eval_samples, recipe.seed, f"{split} split ({sources[split]})"
         )
-        tokenized = data.filter_by_length(
-            data.tokenize(examples, tokenizer, cfg.max_seq_length), cfg.eval_length
-        )
+        tokenized = filter_by_length(tokenize(examples, tokenizer, cfg.max_seq_length), cfg.eval_length)
         if not tokenized:
             raise UserError(
                 f"data.eval_length: no {split} example in {sources[split]} has {cfg.eval_length} tokens"

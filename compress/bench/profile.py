@@ -48,7 +48,7 @@ def matmul_ms(runner, batches: list[dict]) -> float:
 
 def attention_kernel_share(runner, batches: list[dict]) -> float | None:
     """Share of a pass's GPU kernel time spent in the fused attention + importance kernel
-    (`compress.varlen_attention`), from the CUDA profiler; None when the runner does not use it."""
+    (`compress.bench.varlen_attention`), from the CUDA profiler; None when the runner does not use it."""
     events = _profiled_pass(runner, batches, torch.profiler.ProfilerActivity.CUDA)
     kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
     fused = sum(e.self_device_time_total for e in kernels if "_attention_importance" in e.key)

@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, BertConfig, RobertaConfig
 
 from compress.artifacts import atomic_directory, save_model
-from compress.bench import BenchTarget
+from compress.bench.targets import BenchTarget
 from compress.errors import UserError
 from compress.ltp import PrunableModel, PruningSpec, linear_keep_ratios
 from compress.models import load_tokenizer
