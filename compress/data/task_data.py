@@ -1,8 +1,16 @@
-"""A recipe's data, ready for training: task spec, tokenised splits and loaders."""
+"""A recipe's data, ready for training: task spec, tokenised splits and loaders.
+
+Tokenised once per process: the stages of a run that read the same data with the same tokenizer
+share it (`prepare_data` keeps the last two data sets, keyed by the data settings, the files'
+contents and the tokenizer's full definition).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from torch.utils.data import DataLoader
@@ -20,10 +28,13 @@ from compress.data.sources import (
 )
 from compress.data.tasks import TaskSpec, get_task
 from compress.errors import UserError
+from compress.fingerprint import data_identity
 from compress.recipe import Recipe
 
 log = logging.getLogger(__name__)
 MIN_TRAIN_EXAMPLES = 8  # fewer trains on noise: warned, not refused (tests train on tiny slices)
+KEPT_DATA_SETS = 2  # tokenised data sets kept in this process (a run's train + dev, and dev alone)
+_tokenised: OrderedDict[str, TaskData] = OrderedDict()
 
 
 @dataclass
@@ -118,7 +129,42 @@ def _check_train_set(task: TaskSpec, train: list[dict], source: str, total: int)
 
 
 def prepare_data(recipe: Recipe, tokenizer, need_train: bool = True) -> TaskData:
-    """Load, slice (seeded), tokenise and length-filter the recipe's data."""
+    """Load, slice (seeded), tokenise and length-filter the recipe's data, or reuse what an earlier
+    call in this process made of the same files, settings and tokenizer (read-only: shared)."""
+    key = _data_key(recipe, tokenizer, need_train)
+    if key in _tokenised:
+        _tokenised.move_to_end(key)
+        log.info("%s: the data tokenised earlier in this process", recipe.task)
+        return _tokenised[key]
+    prepared = _prepare(recipe, tokenizer, need_train)
+    if key is not None:
+        _tokenised[key] = prepared
+        while len(_tokenised) > KEPT_DATA_SETS:
+            _tokenised.popitem(last=False)
+    return prepared
+
+
+def _data_key(recipe: Recipe, tokenizer, need_train: bool) -> str | None:
+    """What the tokenised data depends on; None (nothing reused) for a tokenizer without a
+    serialisable definition (a slow one) or a data file that is not there."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    try:
+        files = data_identity(recipe, need_train)
+    except UserError:
+        return None  # a missing file: loading it says so, in its own words
+    parts = [
+        recipe.model_dump_json(include={"task", "seed", "data"}),
+        need_train,
+        files,
+        type(tokenizer).__name__,
+        hashlib.sha256(backend.to_str().encode()).hexdigest(),
+    ]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _prepare(recipe: Recipe, tokenizer, need_train: bool) -> TaskData:
     cfg = recipe.data
     task, splits = load_examples(recipe, need_train)
     sources = _data_sources(recipe, task)
