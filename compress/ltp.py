@@ -134,7 +134,7 @@ def _self_attention(
     return context.transpose(1, 2).flatten(2), probs
 
 
-def _finish_layer(layer: nn.Module, context: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+def finish_layer(layer: nn.Module, context: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """Output projection + residual + LayerNorm, then the FFN: per token, so it runs on kept tokens only."""
     attention_output = layer.attention.output(context, residual)  # (B, n, d)
     return layer.output(layer.intermediate(attention_output), attention_output)
@@ -156,7 +156,7 @@ def _hard_key_bias(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _finish_kept(layer: nn.Module, keep: torch.Tensor, context: torch.Tensor, residual: torch.Tensor):
-    """`_finish_layer` on the kept tokens only, packed into one (T, d) tensor, so no work is spent
+    """`finish_layer` on the kept tokens only, packed into one (T, d) tensor, so no work is spent
     on padding; the result re-padded to the longest kept row.
 
     keep (B, n) bool, context and residual (B, n, d) -> hidden states (B, K, d), zero where padded,
@@ -173,7 +173,7 @@ def _finish_kept(layer: nn.Module, keep: torch.Tensor, context: torch.Tensor, re
     source = keep.flatten().nonzero().squeeze(1)  # (T,) flat positions of the kept tokens, in order
     target = valid.flatten().nonzero().squeeze(1)  # (T,) their places in the re-padded layout
     torch._check(target.shape[0] == source.shape[0])
-    packed = _finish_layer(layer, *(t.flatten(0, 1).index_select(0, source) for t in (context, residual)))
+    packed = finish_layer(layer, *(t.flatten(0, 1).index_select(0, source) for t in (context, residual)))
     padded = packed.new_zeros(batch * longest, packed.shape[-1]).index_copy(0, target, packed)
     return padded.unflatten(0, (batch, longest)), valid
 
@@ -250,11 +250,11 @@ class PrunableModel(nn.Module):
             if self._prunes(index):  # as in the hard modes: a layer without a threshold keeps every token
                 score = token_importance(probs, live, self.spec.max_length)  # (B, n)
                 live = self._soft_mask(score, theta[index]) * live  # (B, n)
-            h = _finish_layer(layer, context, h) * live[..., None]
+            h = finish_layer(layer, context, h) * live[..., None]
             kept_fraction = kept_fraction + live.sum() / lengths.sum()
             tokens_kept.append(live.sum(dim=1))
         return PrunedOutput(
-            logits=self._classify(h),
+            logits=self.classify(h),
             tokens_in=torch.stack(tokens_in, dim=1),
             tokens_kept=torch.stack(tokens_kept, dim=1),
             kept_fraction=kept_fraction,
@@ -273,15 +273,15 @@ class PrunableModel(nn.Module):
             prunes = self._prunes(index)
             if prunes:
                 score = token_importance(probs, valid.to(h.dtype), self.spec.max_length)  # (B, n)
-                valid = self._hard_keep(score, valid, index, theta[index], lengths)  # (B, n) bool
+                valid = self.hard_keep(score, valid, index, theta[index], lengths)  # (B, n) bool
             if prunes and drop:
                 h, valid = _finish_kept(layer, valid, context, h)
             else:
-                h = _finish_layer(layer, context, h)
+                h = finish_layer(layer, context, h)
             tokens_kept.append(valid.sum(dim=1))
         kept = torch.stack(tokens_kept, dim=1)  # (B, L)
         return PrunedOutput(
-            logits=self._classify(h),
+            logits=self.classify(h),
             tokens_in=torch.cat([lengths[:, None], kept[:, :-1]], dim=1),
             tokens_kept=kept,
             kept_fraction=(kept.sum() / lengths.sum()).float(),
@@ -299,7 +299,7 @@ class PrunableModel(nn.Module):
         mask = torch.sigmoid((score - theta) / self.spec.temperature)
         return torch.cat([torch.ones_like(mask[:, :1]), mask[:, 1:]], dim=1)  # [CLS] always kept
 
-    def _hard_keep(self, score, live, index, theta, lengths) -> torch.Tensor:
+    def hard_keep(self, score, live, index, theta, lengths) -> torch.Tensor:
         """Bool (B, n): which live tokens survive this layer. [CLS] (position 0) always does:
         the classifier reads it, and it stays at position 0 because dropping keeps token order."""
         if self.spec.method == "ltp":
@@ -312,7 +312,7 @@ class PrunableModel(nn.Module):
             keep = live & (rank < budget[:, None])
         return F.pad(keep[:, 1:], (1, 0), value=True)
 
-    def _classify(self, h: torch.Tensor) -> torch.Tensor:
+    def classify(self, h: torch.Tensor) -> torch.Tensor:
         """The Hugging Face head on the final hidden states; both heads read position 0 only."""
         model = self.hf_model
         if model.config.model_type == "roberta":

@@ -33,7 +33,7 @@ from torch import nn
 
 from compress.bench import varlen_attention
 from compress.int8_attention import attention_context, attention_scores
-from compress.ltp import PrunableModel, PrunedOutput, _finish_layer, token_importance
+from compress.ltp import PrunableModel, PrunedOutput, finish_layer, token_importance
 
 
 def fuse_qkv(attn: nn.Module) -> nn.Linear | None:
@@ -164,7 +164,7 @@ class PackedPruner:
         self._heads = attentions[0].num_attention_heads
         attend = _attend_varlen if varlen else _attend
         self._attend = _compile(attend) if compiled else attend
-        self._finish = _compile(_finish_layer) if compiled else _finish_layer
+        self._finish = _compile(finish_layer) if compiled else finish_layer
 
     def _layout(self, counts: torch.Tensor, longest: int, total: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The (B, K) validity mask of the packed tokens and their flat positions in it (T,).
@@ -199,7 +199,7 @@ class PackedPruner:
             context, score = self._attend(
                 self._qkv[index], self._heads, h, rows, valid, model.spec.max_length, model.int8_attention
             )
-            keep = model._hard_keep(score, valid, index, theta[index], lengths)  # (B, K) bool
+            keep = model.hard_keep(score, valid, index, theta[index], lengths)  # (B, K) bool
             survivors = keep.view(-1)[rows].nonzero().squeeze(1)  # (T',) packed rows that stay: the sync
             context = context.index_select(0, survivors) if self.varlen else context[keep]  # (T', H, dh)
             h = self._finish(layer, context.flatten(1), h.index_select(0, survivors))  # (T', d)
@@ -209,7 +209,7 @@ class PackedPruner:
         first = torch.cumsum(counts, dim=0) - counts  # (B,) packed row of each [CLS]
         cls_hidden = h.index_select(0, first)  # (B, d)
         return PrunedOutput(
-            logits=model._classify(cls_hidden[:, None]),
+            logits=model.classify(cls_hidden[:, None]),
             tokens_in=torch.stack(tokens_in, dim=1),
             tokens_kept=torch.stack(tokens_kept, dim=1),
             kept_fraction=(torch.stack(tokens_kept).sum() / lengths.sum()).float(),
