@@ -14,12 +14,18 @@ large before it acts would overshoot). lambda follows dual ascent after each ste
 lambda += rate * (f - t), outside the optimiser and its schedule: it removes the offset that the
 task loss's pull leaves under rho alone. The target moves linearly from the first batch's
 fraction (the initial thresholds already prune) to t over the first `warmup` fraction of the steps.
+
+The soft masks' expected FLOPs are not quite the hard model's (a half-kept token counts half, then
+all or nothing), so after training `calibrate` shifts every threshold by one common offset, found
+by bisection, until the hard model's FLOPs on given inputs are on target.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.utils.data import DataLoader
 
+from compress.evaluate import model_inputs
 from compress.flops import macs_fraction
 
 
@@ -67,3 +73,32 @@ class FlopsBudget:
         row = {"step": self.steps, "fraction": observed + target, "target": target, "lambda": multiplier}
         self.trace.append(row)
         return multiplier * gap + self.rho * gap**2, {"flops": row["fraction"], "target": target}
+
+
+@torch.no_grad()
+def hard_fraction(model, loader: DataLoader) -> float:
+    """The hard (tokens dropped) model's encoder MACs over the loader's examples, relative to unpruned."""
+    model.eval()
+    device = model.device
+    counts = [
+        model(**{k: v.to(device) for k, v in model_inputs(batch).items()}, mode="drop") for batch in loader
+    ]
+    tokens_in = torch.cat([out.tokens_in for out in counts])
+    tokens_kept = torch.cat([out.tokens_kept for out in counts])
+    return float(macs_fraction(model.config, tokens_in.double(), tokens_kept.double()))
+
+
+def calibrate(model, loader: DataLoader, target: float, span: float = 1.0, steps: int = 20) -> float:
+    """Shift the thresholds by the common offset in [-span, span] (bisection, `steps` halvings)
+    that brings `hard_fraction` on the loader to `target`; returns the offset applied."""
+    offsets = model.threshold_offsets.data.clone()
+    low, high = -span, span  # the fraction falls as the offset rises
+    for _ in range(steps):
+        middle = (low + high) / 2
+        model.threshold_offsets.data = offsets + middle
+        if hard_fraction(model, loader) > target:
+            low = middle
+        else:
+            high = middle
+    model.threshold_offsets.data = offsets + high  # the side that is within budget
+    return high

@@ -161,3 +161,18 @@ def test_the_trajectory_becomes_step_metrics_and_a_plot(tmp_path):
     history = client.get_metric_history(run.info.run_id, "budget_fraction")
     assert [(m.step, m.value) for m in history] == [(p["step"], p["fraction"]) for p in trace]
     assert "budget.png" in {item.path for item in client.list_artifacts(run.info.run_id)}
+
+
+def test_calibration_shifts_the_thresholds_onto_the_budget():
+    from torch.utils.data import DataLoader
+
+    from compress.budget import calibrate, hard_fraction
+
+    model = PrunableModel(tiny_model("bert"), PruningSpec(final_threshold=0.0, max_length=16)).eval()
+    ids, mask = batch_with_mixed_lengths(lengths=(16, 14, 12, 16, 10, 15, 9, 13))
+    loader = DataLoader([{"input_ids": ids, "attention_mask": mask}], batch_size=None)
+    assert hard_fraction(model, loader) == pytest.approx(1.0)  # theta 0 keeps every token
+    offset = calibrate(model, loader, target=0.7)
+    reached = hard_fraction(model, loader)
+    assert 0.6 < reached <= 0.7 and offset > 0
+    assert model.threshold_offsets.tolist() == pytest.approx([offset] * 3)

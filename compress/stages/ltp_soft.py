@@ -2,13 +2,15 @@
 
 The pressure is either LTP's L1 term, lambda * sum over layers of the mean soft mask, or a
 FLOPs budget (`target_gflops_reduction`, `compress.budget`): a Lagrangian on the expected FLOPs
-that drives the thresholds to the stated reduction. The thresholds have their own AdamW group
+that drives the thresholds to the stated reduction, then a common shift of the thresholds that
+meets it exactly on calibration inputs. The thresholds have their own AdamW group
 (no weight decay). Evaluation prunes for real; the last checkpoint is kept (the best-scoring
 one would be the one that prunes least).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Literal
@@ -16,15 +18,18 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from compress.budget import FlopsBudget, max_reduction
+from compress.budget import FlopsBudget, calibrate, hard_fraction, max_reduction
+from compress.data.batching import make_loader
 from compress.errors import UserError
 from compress.evaluate import model_inputs
 from compress.ltp import PrunableModel, PruningSpec
 from compress.recipe import StageBase, TrainingConfig
 from compress.stages.base import StageInputs, StageResult
-from compress.stages.common import load_inputs, save_stage, task_loss, train_model, weight_groups
+from compress.stages.common import evaluator, load_inputs, save_stage, task_loss, train_model, weight_groups
 
+log = logging.getLogger(__name__)
 TRACE_POINTS = 200  # budget trajectory rows kept per stage
+CALIBRATION_EXAMPLES = 2000  # of the training split, with budget_calibration: train
 REACHABLE = 0.8  # the largest share of the [CLS]-only reduction a budget may ask for
 HARD_PRUNING_KINDS = ("ltp_hard", "topk")  # stages that drop tokens; ltp_soft cannot follow them
 
@@ -43,6 +48,8 @@ class LTPSoftConfig(TrainingConfig):
     budget_rho: float = Field(10.0, gt=0)  # weight of the budget's quadratic term
     budget_rate: float = Field(0.5, gt=0)  # step size of its multiplier's dual ascent
     budget_warmup: float = Field(0.5, ge=0, le=1)  # share of the steps while the target falls to it
+    # inputs on which the thresholds are shifted to meet the budget exactly: eval (labels unused) or train
+    budget_calibration: Literal["eval", "train"] = "eval"
 
     @model_validator(mode="after")
     def _one_pressure(self):
@@ -86,10 +93,30 @@ def run(config: LTPSoftConfig, inputs: StageInputs) -> StageResult:
     trained = train_model(
         config, model, task_data, groups=groups, keep="last", loss_fn=loss_fn, mixed_precision=precision
     )
-    trace = budget.trace[:: max(1, len(budget.trace) // TRACE_POINTS)] if budget else []
-    return save_stage(
-        inputs, config, model, tokenizer, task_data, trained.best, started, trained, trace=trace
-    )
+    evaluation, trace = trained.best, []
+    if budget:
+        calibrate_budget(config, model, task_data, budget.target)
+        evaluation = evaluator(task_data, config.eval_batch_size, "drop")(model)
+        trace = budget.trace[:: max(1, len(budget.trace) // TRACE_POINTS)]
+    return save_stage(inputs, config, model, tokenizer, task_data, evaluation, started, trained, trace=trace)
+
+
+def calibrate_budget(config: LTPSoftConfig, model: PrunableModel, task_data, target: float) -> None:
+    """Shift the learned thresholds together until the hard model meets the budget on the
+    calibration inputs (`budget_calibration`: the first eval split's, labels unused, or at most
+    CALIBRATION_EXAMPLES of the training split's)."""
+    if config.budget_calibration == "eval":
+        loader = next(iter(task_data.eval_loaders(config.eval_batch_size).values()))
+    else:
+        rows = task_data.train[:CALIBRATION_EXAMPLES]
+        loader = make_loader(rows, config.eval_batch_size, task_data.pad_token_id, False, task_data.seed)
+    before = hard_fraction(model, loader)
+    offset = calibrate(model, loader, target)
+    after = hard_fraction(model, loader)
+    log.info(
+        "%s: thresholds shifted by %+.5f: %.2fx fewer GFLOPs on the %s inputs (%.2fx before; target %.2fx)",
+        config.name, offset, 1 / after, config.budget_calibration, 1 / before, 1 / target,
+    )  # fmt: skip
 
 
 def check_reachable(config: LTPSoftConfig, model: PrunableModel, task_data) -> None:
