@@ -328,7 +328,9 @@ def test_predict_accepts_texts_pairs_and_frames():
 
 
 def test_compress_imports_no_orchestration_libraries():
-    """compress/ is a pure library: importing every module pulls in no prefect, mlflow or typer."""
+    """compress/ is a pure library: importing every module pulls in no prefect, mlflow or typer,
+    and does not initialise CUDA (on a GPU machine, a process that only imports must not take
+    the device)."""
     modules = sorted(
         ".".join(path.relative_to(REPO).with_suffix("").parts)
         for path in (REPO / "compress").rglob("*.py")
@@ -337,8 +339,10 @@ def test_compress_imports_no_orchestration_libraries():
     code = (
         "import importlib, sys\n"
         f"for name in {modules!r}: importlib.import_module(name)\n"
+        "import torch\n"
+        "print(torch.cuda.is_initialized())\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'prefect', 'mlflow', 'typer'}))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert done.stdout.strip().splitlines()[-2:] == ["False", "[]"]
