@@ -88,8 +88,9 @@ def compress(
 
 def _train_alongside(
     recipe: Path, overrides: list[str], out: Path | None, until: str | None, use_cache: bool
-):
-    """A helper process of a data-parallel `compress`: quiet, and gone if the main one's checks fail."""
+) -> None:
+    """A helper process of a data-parallel `compress`: quiet, and gone if the main one's checks
+    fail; a mistake found in a stage is reported by the main process alone."""
     from compress.accelerator import main_process_agrees
     from compress.pipeline import train_alongside
     from compress.recipe import load_recipe
@@ -98,8 +99,11 @@ def _train_alongside(
     logging.getLogger().setLevel(logging.WARNING)  # the main process reports the run
     if not main_process_agrees(True):
         raise typer.Exit(2)  # the main process printed why
-    resolved = load_recipe(recipe, overrides)
-    train_alongside(resolved, output_dir(resolved, out), until, use_cache)
+    try:
+        resolved = load_recipe(recipe, overrides)
+        train_alongside(resolved, output_dir(resolved, out), until, use_cache)
+    except UserError:
+        raise typer.Exit(2) from None
 
 
 @app.command()
