@@ -201,12 +201,7 @@ def summarize(recipe: Recipe, results: list[StageResult], baseline: dict) -> dic
         "task": recipe.task,
         "model": recipe.model,
         "stages": [
-            {
-                key: value
-                for key, value in r.to_dict().items()
-                if key not in ("history", "main_metric", "trace")
-            }
-            for r in results
+            {key: value for key, value in r.to_dict().items() if key not in PER_STAGE_ONLY} for r in results
         ],
         "final": {
             "metric": final.main_metric,
