@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from compress.evaluate import model_inputs
+from compress.evaluate import predict
 from compress.flops import macs_fraction
 
 
@@ -75,16 +75,9 @@ class FlopsBudget:
         return multiplier * gap + self.rho * gap**2, {"flops": row["fraction"], "target": target}
 
 
-@torch.no_grad()
 def hard_fraction(model, loader: DataLoader) -> float:
     """The hard (tokens dropped) model's encoder MACs over the loader's examples, relative to unpruned."""
-    model.eval()
-    device = model.device
-    counts = [
-        model(**{k: v.to(device) for k, v in model_inputs(batch).items()}, mode="drop") for batch in loader
-    ]
-    tokens_in = torch.cat([out.tokens_in for out in counts])
-    tokens_kept = torch.cat([out.tokens_kept for out in counts])
+    _, _, tokens_in, tokens_kept = predict(model, loader, "drop")
     return float(macs_fraction(model.config, tokens_in.double(), tokens_kept.double()))
 
 

@@ -170,7 +170,8 @@ def test_calibration_shifts_the_thresholds_onto_the_budget():
 
     model = PrunableModel(tiny_model("bert"), PruningSpec(final_threshold=0.0, max_length=16)).eval()
     ids, mask = batch_with_mixed_lengths(lengths=(16, 14, 12, 16, 10, 15, 9, 13))
-    loader = DataLoader([{"input_ids": ids, "attention_mask": mask}], batch_size=None)
+    labels = torch.zeros(len(ids), dtype=torch.long)  # `predict` reads them; calibration does not use them
+    loader = DataLoader([{"input_ids": ids, "attention_mask": mask, "labels": labels}], batch_size=None)
     assert hard_fraction(model, loader) == pytest.approx(1.0)  # theta 0 keeps every token
     offset = calibrate(model, loader, target=0.7)
     reached = hard_fraction(model, loader)
