@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
+from compress.accelerator import micro_batch_size, num_processes
 from compress.budget import FlopsBudget, calibrate, hard_fraction, max_reduction
 from compress.data.batching import make_loader
 from compress.errors import UserError
@@ -79,7 +80,8 @@ def run(config: LTPSoftConfig, inputs: StageInputs) -> StageResult:
     budget = None
     if config.target_gflops_reduction:
         check_reachable(config, model, task_data)
-        steps = math.ceil(len(task_data.train_loader(config.batch_size)) * config.epochs)
+        batch = micro_batch_size(config, num_processes())  # a penalty per loader batch, as train runs it
+        steps = math.ceil(len(task_data.train_loader(batch)) * config.epochs)
         budget = FlopsBudget(
             config.target_gflops_reduction,
             steps,
