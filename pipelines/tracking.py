@@ -325,42 +325,39 @@ def _now_ms() -> int:
 
 def log_tokens_plot(client: MlflowClient, run_id: str, result: StageResult) -> None:
     """Bar chart of the mean number of tokens entering each layer (dev set): tokens_per_layer.png."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     tokens = result.tokens_per_layer
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.bar(range(len(tokens)), tokens, color="tab:blue")
-    ax.set_xlabel("layer")
-    ax.set_ylabel("mean tokens entering")
-    ax.set_title(f"{result.name}: {result.gflops:.3g} GFLOPs / example")
-    ax.set_xticks(range(len(tokens)))
-    fig.tight_layout()
-    try:
-        client.log_figure(run_id, fig, "tokens_per_layer.png")
-    finally:
-        plt.close(fig)
+    with _logged_figure(client, run_id, "tokens_per_layer.png") as ax:
+        ax.bar(range(len(tokens)), tokens, color="tab:blue")
+        ax.set_xlabel("layer")
+        ax.set_ylabel("mean tokens entering")
+        ax.set_title(f"{result.name}: {result.gflops:.3g} GFLOPs / example")
+        ax.set_xticks(range(len(tokens)))
 
 
 def log_budget_plot(client: MlflowClient, run_id: str, result: StageResult) -> None:
     """The soft stage's expected FLOPs fraction against its (warming-up) target, per step: budget.png."""
+    steps = [point["step"] for point in result.trace]
+    with _logged_figure(client, run_id, "budget.png") as ax:
+        ax.plot(steps, [point["fraction"] for point in result.trace], label="expected FLOPs (train batch)")
+        ax.plot(steps, [point["target"] for point in result.trace], "--", label="target")
+        ax.set_xlabel("step")
+        ax.set_ylabel("FLOPs / unpruned")
+        ax.set_title(f"{result.name}: FLOPs budget")
+        ax.legend()
+
+
+@contextmanager
+def _logged_figure(client: MlflowClient, run_id: str, name: str) -> Iterator:
+    """A 5x3 inch figure's axes to draw on; the figure is logged to the run as `name`, then closed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = [point["step"] for point in result.trace]
     fig, ax = plt.subplots(figsize=(5, 3))
-    ax.plot(steps, [point["fraction"] for point in result.trace], label="expected FLOPs (train batch)")
-    ax.plot(steps, [point["target"] for point in result.trace], "--", label="target")
-    ax.set_xlabel("step")
-    ax.set_ylabel("FLOPs / unpruned")
-    ax.set_title(f"{result.name}: FLOPs budget")
-    ax.legend()
-    fig.tight_layout()
     try:
-        client.log_figure(run_id, fig, "budget.png")
+        yield ax
+        fig.tight_layout()
+        client.log_figure(run_id, fig, name)
     finally:
         plt.close(fig)
