@@ -101,6 +101,7 @@ class TrainingConfig(StageBase):
     warmup_ratio: float = Field(0.1, ge=0, le=1)
     max_grad_norm: float = Field(1.0, gt=0)
     grad_accum_steps: int = Field(1, ge=1)  # N: a step sums N batches of batch_size / N examples
+    eval_steps: int | None = Field(None, ge=1)  # also evaluate every N optimiser steps (not only per epoch)
 
 
 def stage_kinds() -> dict:

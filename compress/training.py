@@ -1,4 +1,5 @@
-"""One training loop for every stage: AdamW, linear warmup/decay, clipping, eval each epoch.
+"""One training loop for every stage: AdamW, linear warmup/decay, clipping, eval each epoch
+(and every `eval_steps` optimiser steps when set).
 
 Stages differ only in their loss (`loss_fn`), their parameter groups and which checkpoint
 they keep ("best" dev score or "last"); the loop itself is shared. It runs where `accelerate`
@@ -39,7 +40,7 @@ EvaluateFn = Callable[[nn.Module, object], EvalResult]  # (model, accelerator) -
 @dataclass
 class TrainResult:
     best: EvalResult  # evaluation of the kept checkpoint
-    history: list[dict] = field(default_factory=list)  # per epoch: loss, dev metrics, examples/s
+    history: list[dict] = field(default_factory=list)  # per evaluation: loss, dev metrics, examples/s
     steps: int = 0
     examples_per_s: float = 0.0
 
@@ -78,9 +79,28 @@ def train(
     )
     wrapped, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     params = [p for group in param_groups for p in group["params"]]
-    result, best_state, batches, step = None, None, 0, 0
+    kept: dict = {"result": None, "state": None}
+    batches, step, examples, seconds, epochs = 0, 0, 0, 0.0, math.ceil(settings.epochs)
     history: list[dict] = []
-    examples, seconds, epochs = 0, 0.0, math.ceil(settings.epochs)
+
+    def checkpoint(epoch: int, losses: list[float], train_seconds: float) -> None:
+        """Evaluate on dev, add a history row, log it, and keep the checkpoint by `keep`."""
+        evaluation = evaluate_fn(model, accelerator)
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "step": step,
+                "train_loss": sum(losses) / max(1, len(losses)),
+                "examples_per_s": examples / max(train_seconds, 1e-9),
+                **evaluation.metrics,
+            }
+        )
+        if accelerator.is_main_process:
+            log.info("%s", _describe(description, epochs, total_steps, history[-1]))
+        if keep == "last" or kept["result"] is None or evaluation.main > kept["result"].main:
+            kept["result"] = evaluation
+            kept["state"] = copy.deepcopy(model.state_dict()) if keep == "best" else None
+
     for epoch in range(epochs):
         sampler.set_epoch(epoch)
         wrapped.train()
@@ -104,7 +124,8 @@ def train(
                         f"{total_steps}); lower lr or raise warmup_ratio"
                     )
                 accelerator.backward(loss)
-                if accelerator.sync_gradients:
+                stepped = accelerator.sync_gradients
+                if stepped:
                     accelerator.clip_grad_norm_(params, settings.max_grad_norm)
                     step += 1
                 optimizer.step()  # accelerate's optimizer and scheduler skip accumulation batches
@@ -118,34 +139,29 @@ def train(
                 loss=f"{losses[-1]:.4f}", ex_s=f"{rate:.0f}", **{k: f"{v:.3g}" for k, v in logs.items()}
             )
             bar.update()
+            due = stepped and settings.eval_steps and step % settings.eval_steps == 0
+            if due and batches < total_batches:
+                paused = time.perf_counter()  # mid-epoch; the epoch's end evaluates anyway
+                checkpoint(epoch, losses, seconds + paused - started)
+                wrapped.train()
+                started += time.perf_counter() - paused  # evaluation is not training time
         bar.close()
         seconds += time.perf_counter() - started
-        evaluation = evaluate_fn(model, accelerator)
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "step": step,
-                "train_loss": sum(losses) / max(1, len(losses)),
-                "examples_per_s": examples / seconds,
-                **evaluation.metrics,
-            }
-        )
-        if accelerator.is_main_process:
-            log.info("%s", _describe_epoch(description, epochs, history[-1]))
-        if keep == "last" or result is None or evaluation.main > result.main:
-            result = evaluation
-            best_state = copy.deepcopy(model.state_dict()) if keep == "best" else None
+        checkpoint(epoch, losses, seconds)
     accelerator.free_memory()  # drops the wrappers; `model` is the trained module itself
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    if kept["state"] is not None:
+        model.load_state_dict(kept["state"])
     if not all(torch.isfinite(p).all() for p in params):
         raise UserError(f"{description}: training left non-finite weights; lower lr or raise warmup_ratio")
     model.eval()
-    return TrainResult(best=result, history=history, steps=step, examples_per_s=examples / max(seconds, 1e-9))
+    rate = examples / max(seconds, 1e-9)
+    return TrainResult(best=kept["result"], history=history, steps=step, examples_per_s=rate)
 
 
-def _describe_epoch(description: str, epochs: int, row: dict) -> str:
-    """One log line per epoch: 'finetune epoch 2/3: loss 0.4123, 812 examples/s, accuracy 0.9012'."""
+def _describe(description: str, epochs: int, total_steps: int, row: dict) -> str:
+    """One log line per evaluation:
+    'finetune epoch 2/3, step 400/600: loss 0.4123, 812 examples/s, accuracy 0.9012'."""
     parts = [f"loss {row['train_loss']:.4f}", f"{row['examples_per_s']:.0f} examples/s"]
     parts += [f"{key} {value:.4f}" for key, value in row.items() if key not in _LOOP_KEYS]  # dev metrics
-    return f"{description} epoch {row['epoch']}/{epochs}: " + ", ".join(parts)
+    where = f"epoch {row['epoch']}/{epochs}, step {row['step']}/{total_steps}"
+    return f"{description} {where}: " + ", ".join(parts)

@@ -10,9 +10,9 @@ GLUE-layout folder used, `hub:<dataset id>`, or a custom task's files); recipe.y
 summary.json; `final_<key>` metrics.
 
 Per stage run: params = the resolved stage config (flattened); metrics = the task metrics,
-gflops, bops, bits, seconds, `tokens_layer_<i>`; per-epoch history as step metrics (step =
-epoch): `train_loss` and `epoch_<metric>` (dev metrics after that epoch; the unprefixed
-metric is the kept checkpoint's); tags `cached`, `kind`; a `tokens_per_layer.png` plot when
+gflops, bops, bits, seconds, `tokens_layer_<i>`; the history of evaluations (each epoch, and
+every `eval_steps`) as step metrics (step = optimiser step): `train_loss` and `dev_<metric>`
+(the unprefixed metric is the kept checkpoint's); tags `cached`, `kind`; a `tokens_per_layer.png` plot when
 the stage's model prunes.
 
 A run ends FAILED when its block raises. A process killed outright cannot end its run, so
@@ -291,7 +291,7 @@ def stage_run(parent_run_id: str | None, step: PlannedStage) -> Iterator[mlflow.
 
 
 def log_stage(run_id: str, result: StageResult) -> None:
-    """Metrics, per-epoch history, the cached tag, a tokens plot when the model prunes, and a
+    """Metrics, the evaluation history, the cached tag, a tokens plot when the model prunes, and a
     benchmark stage's bench.json / bench.md / bench.png."""
     client = MlflowClient()
     metrics = dict(result.metrics)
@@ -300,13 +300,12 @@ def log_stage(run_id: str, result: StageResult) -> None:
     metrics.update({f"tokens_layer_{i}": value for i, value in enumerate(result.tokens_per_layer)})
     now = _now_ms()
     rows = [Metric(key, float(value), now, 0) for key, value in metrics.items()]
-    for epoch in result.history:
-        step = int(epoch.get("epoch", 0))
-        for key, value in epoch.items():
+    for row in result.history:
+        for key, value in row.items():
             if key in ("epoch", "step") or not isinstance(value, int | float):
                 continue
-            name = key if key == "train_loss" else f"epoch_{key}"
-            rows.append(Metric(name, float(value), now, step))
+            name = key if key == "train_loss" else f"dev_{key}"
+            rows.append(Metric(name, float(value), now, int(row["step"])))
     for point in result.trace:  # a FLOPs budget's trajectory, per training step
         for key in ("fraction", "target", "lambda"):
             rows.append(Metric(f"budget_{key}", float(point[key]), now, int(point["step"])))

@@ -16,7 +16,9 @@ from compress.stages.common import load_inputs, train_model
 from tests.conftest import REPO
 from tests.tiny_runs import write_glue
 
-EPOCH_LINE = re.compile(r"finetune epoch (\d)/2: loss \d+\.\d{4}, \d+ examples/s, accuracy \d\.\d{4}")
+EPOCH_LINE = re.compile(
+    r"finetune epoch (\d)/2, step \d+/\d+: loss \d+\.\d{4}, \d+ examples/s, accuracy \d\.\d{4}"
+)
 
 
 def tiny_recipe(model: Path, glue: str | None, name: str = "tiny_logs", epochs: float = 2):

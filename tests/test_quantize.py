@@ -15,7 +15,7 @@ from compress.int8_attention import attention_context, attention_scores
 from compress.ltp import PrunableModel, PruningSpec
 from compress.models import load_model
 from compress.quantize import PRECISION, check_scheme, precision, quantize_encoder
-from compress.stages.distill import kd_loss
+from compress.stages.teacher import kd_loss
 from tests.test_ltp import PRUNING, TINY, batch_with_mixed_lengths
 
 

@@ -68,6 +68,7 @@ def test_lr_warms_up_linearly_from_zero_then_decays_to_zero():
             batch_size=2,
             mixed_precision="auto",
             grad_accum_steps=1,
+            eval_steps=None,
         ),  # fmt: skip
         keep="last",
     )
@@ -112,6 +113,33 @@ def test_the_best_epoch_is_restored(tmp_path, tiny_model_dir, real_glue_dir):
     for key, value in model.state_dict().items():
         assert torch.equal(value, states[1][key]), key
     assert not torch.equal(states[1]["hf_model.classifier.weight"], states[2]["hf_model.classifier.weight"])
+
+
+def test_eval_steps_evaluates_mid_epoch_too_and_keeps_the_best_of_all(
+    tmp_path, tiny_model_dir, real_glue_dir
+):
+    # 48 examples in batches of 16: 3 steps an epoch; every 2 steps and each epoch's end
+    recipe = tiny_recipe(tiny_model_dir, real_glue_dir, epochs=2, lr=1e-3, eval_steps=2)
+    model, _, task_data = load_inputs(StageInputs(recipe, str(tiny_model_dir), tmp_path / "x"))
+    scores, states = iter([0.5, 0.6, 0.9, 0.7]), []
+
+    def fake_evaluate(m, accelerator):
+        states.append(copy.deepcopy(m.state_dict()))
+        counts = torch.ones(1, 2)
+        return EvalResult({"accuracy": 0.0}, "accuracy", next(scores), counts, counts, EncoderCost(1, 1), 0.0)
+
+    result = train(
+        model,
+        task_data.train_loader,
+        supervised_loss(False, "off"),
+        fake_evaluate,
+        weight_groups(model, 0.0),
+        recipe.stages[0],
+    )
+    assert [(row["epoch"], row["step"]) for row in result.history] == [(1, 2), (1, 3), (2, 4), (2, 6)]
+    assert result.best.main == 0.9 and model.training is False
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, states[2][key]), key
 
 
 def test_ltp_hard_takes_thresholds_from_an_artifact_and_keeps_them_frozen(

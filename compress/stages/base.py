@@ -31,7 +31,7 @@ class StageResult:
     tokens_per_layer: list[float]  # mean tokens entering each layer on the dev set
     seconds: float
     cached: bool = False
-    history: list[dict] = field(default_factory=list)  # per epoch
+    history: list[dict] = field(default_factory=list)  # per evaluation (each epoch, each eval_steps)
     trace: list[dict] = field(default_factory=list)  # per training step (a FLOPs budget's trajectory)
 
     def to_dict(self) -> dict:

@@ -16,6 +16,7 @@ from compress.ltp import Mode, PrunableModel
 from compress.models import load_model, load_tokenizer
 from compress.recipe import dump_recipe
 from compress.stages.base import StageInputs, StageResult
+from compress.stages.teacher import Teacher
 from compress.training import TrainResult, train
 
 
@@ -35,12 +36,15 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> t
     return F.cross_entropy(logits, labels)
 
 
-def supervised_loss(regression: bool, mode: Mode):
-    """The task loss of the model's forward in `mode`."""
+def supervised_loss(regression: bool, mode: Mode, teacher: Teacher | None = None):
+    """The task loss of the model's forward in `mode`, blended with KD when a teacher guides it."""
 
     def loss_fn(model: PrunableModel, batch: dict):
         out = model(**model_inputs(batch), mode=mode)
-        return task_loss(out.logits, batch["labels"], regression), {}
+        loss = task_loss(out.logits, batch["labels"], regression)
+        if teacher is None:
+            return loss, {}
+        return teacher.blend(out.logits, teacher.outputs(batch).logits, loss)
 
     return loss_fn
 
@@ -108,13 +112,13 @@ def train_and_save(
     task_data: TaskData,
     started: float,
     train_mode: Mode = "drop",
-    groups: list[dict] | None = None,
-    keep: str = "best",
-    loss_fn=None,
+    teacher: Teacher | None = None,
 ) -> StageResult:
-    """The common body of a training stage: train on the task, evaluate with tokens dropped, save."""
+    """The common body of a training stage: train on the task (guided by the teacher when there is
+    one), evaluate with tokens dropped, save."""
+    loss_fn = supervised_loss(task_data.task.is_regression, train_mode, teacher)
     precision = inputs.recipe.mixed_precision
-    trained = train_model(config, model, task_data, train_mode, groups, keep, loss_fn, precision)
+    trained = train_model(config, model, task_data, train_mode, None, "best", loss_fn, precision)
     return save_stage(inputs, config, model, tokenizer, task_data, trained.best, started, trained)
 
 

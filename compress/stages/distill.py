@@ -1,7 +1,6 @@
 """Stage `distill`: the student (normally the pruned `ltp_hard` output) learns from the teacher.
 
-Loss = alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))   (MSE on logits for regression)
-     + (1 - alpha) * task loss
+Loss = alpha * KD + (1 - alpha) * task loss       (KD: compress.stages.teacher)
      + hidden_weight * MSE(student [CLS] final hidden state, teacher's)
 
 The student keeps pruning (tokens dropped, thresholds frozen). With `qat: true` the encoder's
@@ -15,18 +14,17 @@ from __future__ import annotations
 import time
 from typing import Literal
 
-import torch
 import torch.nn.functional as F
 from pydantic import Field
 
 from compress.errors import UserError
 from compress.evaluate import model_inputs
 from compress.ltp import PrunableModel
-from compress.models import load_model, resolve_model
 from compress.quantize import prepare_qat, remove_fake_quantizers
 from compress.recipe import StageBase, TrainingConfig
 from compress.stages.base import StageInputs, StageResult
 from compress.stages.common import load_inputs, save_stage, task_loss, train_model
+from compress.stages.teacher import Teacher, check_teacher_exists, check_teacher_order
 
 
 class DistillConfig(TrainingConfig):
@@ -40,46 +38,23 @@ class DistillConfig(TrainingConfig):
     qat: bool = False  # train with int8 fake quantisation (torchao QAT prepare), for quantize qat_int8
 
     def check_order(self, earlier: list[StageBase]) -> None:
-        if not self.teacher and not any(stage.kind == "finetune" for stage in earlier):
-            raise ValueError(
-                f"stages.{self.name}: distill needs a finetune stage before it or 'teacher' "
-                "(a fine-tuned model: artifact directory or hub id)"
-            )
+        check_teacher_order(self, earlier, "distill")
 
     def preflight(self) -> None:
-        if self.teacher:
-            try:
-                resolve_model(self.teacher)
-            except UserError as error:
-                raise UserError(f"stages.{self.name}.teacher: {error}") from None
+        check_teacher_exists(self)
 
 
-def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float, regression: bool):
-    """T^2 * KL(teacher || student) on temperature-softened logits, batch mean; MSE for regression."""
-    if regression:
-        return F.mse_loss(student, teacher)
-    log_student = F.log_softmax(student / temperature, dim=-1)
-    log_teacher = F.log_softmax(teacher / temperature, dim=-1)
-    return F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True) * temperature**2
-
-
-def distillation_loss(teacher: PrunableModel, config: DistillConfig, regression: bool):
+def distillation_loss(teacher: Teacher, hidden_weight: float, regression: bool):
     """The stage's loss function for the shared training loop (teacher frozen, in eval mode)."""
 
     def loss_fn(student: PrunableModel, batch: dict):
-        inputs = model_inputs(batch)
-        if teacher.device != inputs["input_ids"].device:  # where accelerate put the student
-            teacher.to(inputs["input_ids"].device)
-        with torch.no_grad():
-            target = teacher(**inputs, mode="drop")
-        out = student(**inputs, mode="drop")
-        distilled = kd_loss(out.logits, target.logits, config.temperature, regression)
+        target = teacher.outputs(batch)
+        out = student(**model_inputs(batch), mode="drop")
         supervised = task_loss(out.logits, batch["labels"], regression)
-        loss = config.alpha * distilled + (1 - config.alpha) * supervised
-        logs = {"kd": float(distilled.detach())}
-        if config.hidden_weight:
+        loss, logs = teacher.blend(out.logits, target.logits, supervised)
+        if hidden_weight:
             hidden = F.mse_loss(out.cls_hidden, target.cls_hidden)
-            loss = loss + config.hidden_weight * hidden
+            loss = loss + hidden_weight * hidden
             logs["hidden"] = float(hidden.detach())
         return loss, logs
 
@@ -90,15 +65,15 @@ def run(config: DistillConfig, inputs: StageInputs) -> StageResult:
     started = time.perf_counter()
     student, tokenizer, task_data = load_inputs(inputs)
     task = task_data.task
-    teacher = load_model(inputs.teacher, task.num_labels, task.is_regression).eval().requires_grad_(False)
-    if config.hidden_weight and teacher.config.hidden_size != student.config.hidden_size:
+    teacher = Teacher(inputs.teacher, task.num_labels, task.is_regression, config.temperature, config.alpha)
+    if config.hidden_weight and teacher.model.config.hidden_size != student.config.hidden_size:
         raise UserError(
-            f"stages.{config.name}.hidden_weight: teacher hidden size {teacher.config.hidden_size} "
+            f"stages.{config.name}.hidden_weight: teacher hidden size {teacher.model.config.hidden_size} "
             f"differs from the student's {student.config.hidden_size}; set hidden_weight: 0"
         )
     if config.qat:
         prepare_qat(student.hf_model)
-    loss_fn = distillation_loss(teacher, config, task.is_regression)
+    loss_fn = distillation_loss(teacher, config.hidden_weight, task.is_regression)
     trained = train_model(
         config, student, task_data, loss_fn=loss_fn, mixed_precision=inputs.recipe.mixed_precision
     )

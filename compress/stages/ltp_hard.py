@@ -1,6 +1,7 @@
 """Stage `ltp_hard`: thresholds frozen and binarised; fine-tune with pruned tokens really dropped.
 
-No L1 term. The best dev epoch is kept. The artifact carries the thresholds (pruning.json),
+No L1 term; with `distill_alpha` the teacher's logits guide it (compress.stages.teacher).
+The best dev epoch is kept. The artifact carries the thresholds (pruning.json),
 so every later stage and `cli.py pull` get a model that prunes.
 """
 
@@ -15,12 +16,13 @@ from pydantic import Field
 from compress.errors import UserError
 from compress.ltp import PRUNING_FILE, PrunableModel, PruningSpec
 from compress.paths import user_path
-from compress.recipe import StageBase, TrainingConfig
+from compress.recipe import StageBase
 from compress.stages.base import StageInputs, StageResult
 from compress.stages.common import load_inputs, train_and_save
+from compress.stages.teacher import TeacherGuidedConfig, stage_teacher
 
 
-class LTPHardConfig(TrainingConfig):
+class LTPHardConfig(TeacherGuidedConfig):
     kind: Literal["ltp_hard"]
     epochs: float = Field(5.0, gt=0, le=1000)
     batch_size: int = Field(64, ge=1)
@@ -28,6 +30,7 @@ class LTPHardConfig(TrainingConfig):
     thresholds: str | None = None  # artifact dir with pruning.json, when no ltp_soft stage precedes
 
     def check_order(self, earlier: list[StageBase]) -> None:
+        super().check_order(earlier)
         if not self.thresholds and not any(stage.kind == "ltp_soft" for stage in earlier):
             raise ValueError(
                 f"stages.{self.name}: ltp_hard needs an ltp_soft stage before it or 'thresholds' "
@@ -35,6 +38,7 @@ class LTPHardConfig(TrainingConfig):
             )
 
     def preflight(self) -> None:
+        super().preflight()
         key = f"stages.{self.name}.thresholds"
         if self.thresholds and not (user_path(self.thresholds, key) / PRUNING_FILE).is_file():
             raise UserError(f"{key}: no {PRUNING_FILE} in {self.thresholds}")
@@ -52,4 +56,5 @@ def run(config: LTPHardConfig, inputs: StageInputs) -> StageResult:
         raise UserError(
             f"stages.{config.name}: the input model has no learned thresholds (run ltp_soft first)"
         )
-    return train_and_save(config, inputs, model, tokenizer, task_data, started)
+    teacher = stage_teacher(config, inputs, task_data.task)
+    return train_and_save(config, inputs, model, tokenizer, task_data, started, teacher=teacher)

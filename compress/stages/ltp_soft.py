@@ -4,7 +4,8 @@ The pressure is either LTP's L1 term, lambda * sum over layers of the mean soft 
 FLOPs budget (`target_gflops_reduction`, `compress.budget`): a Lagrangian on the expected FLOPs
 that drives the thresholds to the stated reduction, then a common shift of the thresholds that
 meets it exactly on calibration inputs. The thresholds have their own AdamW group
-(no weight decay). Evaluation prunes for real; the last checkpoint is kept (the best-scoring
+(no weight decay). With `distill_alpha` the teacher's logits guide the task loss
+(compress.stages.teacher). Evaluation prunes for real; the last checkpoint is kept (the best-scoring
 one would be the one that prunes least).
 """
 
@@ -24,9 +25,10 @@ from compress.data.batching import make_loader
 from compress.errors import UserError
 from compress.evaluate import model_inputs
 from compress.ltp import PrunableModel, PruningSpec
-from compress.recipe import StageBase, TrainingConfig
+from compress.recipe import StageBase
 from compress.stages.base import StageInputs, StageResult
 from compress.stages.common import evaluator, load_inputs, save_stage, task_loss, train_model, weight_groups
+from compress.stages.teacher import Teacher, TeacherGuidedConfig, stage_teacher
 
 log = logging.getLogger(__name__)
 TRACE_POINTS = 200  # budget trajectory rows kept per stage
@@ -35,7 +37,7 @@ REACHABLE = 0.8  # the largest share of the [CLS]-only reduction a budget may as
 HARD_PRUNING_KINDS = ("ltp_hard", "topk")  # stages that drop tokens; ltp_soft cannot follow them
 
 
-class LTPSoftConfig(TrainingConfig):
+class LTPSoftConfig(TeacherGuidedConfig):
     kind: Literal["ltp_soft"]
     epochs: float = Field(1.0, gt=0, le=1000)  # paper: 1 on large sets, 10 on RTE/MRPC
     batch_size: int = Field(64, ge=1)
@@ -59,6 +61,7 @@ class LTPSoftConfig(TrainingConfig):
         return self
 
     def check_order(self, earlier: list[StageBase]) -> None:
+        super().check_order(earlier)
         if any(stage.kind in HARD_PRUNING_KINDS for stage in earlier):
             raise ValueError(f"stages.{self.name}: ltp_soft cannot follow a hard pruning stage")
 
@@ -90,7 +93,8 @@ def run(config: LTPSoftConfig, inputs: StageInputs) -> StageResult:
             config.budget_rho,
             config.budget_rate,
         )
-    loss_fn = soft_loss(task_data.task.is_regression, config.lambda_, budget)
+    teacher = stage_teacher(config, inputs, task_data.task)
+    loss_fn = soft_loss(task_data.task.is_regression, config.lambda_, budget, teacher)
     precision = inputs.recipe.mixed_precision
     trained = train_model(
         config, model, task_data, groups=groups, keep="last", loss_fn=loss_fn, mixed_precision=precision
@@ -133,13 +137,17 @@ def check_reachable(config: LTPSoftConfig, model: PrunableModel, task_data) -> N
         )
 
 
-def soft_loss(regression: bool, lambda_: float, budget: FlopsBudget | None):
-    """Task loss in soft mode + the budget's Lagrangian when there is one, else lambda * L1."""
+def soft_loss(regression: bool, lambda_: float, budget: FlopsBudget | None, teacher: Teacher | None = None):
+    """Task loss in soft mode (blended with KD when a teacher guides it) + the budget's
+    Lagrangian when there is one, else lambda * L1."""
 
     def loss_fn(model: PrunableModel, batch: dict):
         out = model(**model_inputs(batch), mode="soft")
         loss = task_loss(out.logits, batch["labels"], regression)
         logs = {"kept": float(out.kept_fraction.detach()) / out.tokens_in.shape[1]}  # mean over layers
+        if teacher is not None:
+            loss, kd_logs = teacher.blend(out.logits, teacher.outputs(batch).logits, loss)
+            logs |= kd_logs
         if budget is not None:
             penalty, budget_logs = budget.penalty(out.tokens_in, out.tokens_kept)
             return loss + penalty, logs | budget_logs

@@ -1,0 +1,87 @@
+"""Distillation from the teacher inside the pruning stages (`distill_alpha`), and its checks."""
+
+import pytest
+import torch
+
+from compress.errors import UserError
+from compress.evaluate import model_inputs
+from compress.ltp import PruningSpec
+from compress.pipeline import plan, run_or_reuse
+from compress.recipe import parse_recipe
+from compress.stages import StageInputs
+from compress.stages.common import load_inputs, supervised_loss, task_loss
+from compress.stages.ltp_soft import soft_loss
+from compress.stages.teacher import Teacher, kd_loss
+
+
+def recipe_with(model, glue, stages):
+    raw = {
+        "name": "guided",
+        "model": str(model),
+        "task": "sst2",
+        "data": {"dir": str(glue), "max_train_samples": 32, "max_eval_samples": 16},
+        "stages": stages,
+    }
+    return parse_recipe(raw, "guided")
+
+
+def first_batch(tiny_model_dir, real_glue_dir, tmp_path):
+    recipe = recipe_with(tiny_model_dir, real_glue_dir, [{"name": "finetune", "kind": "finetune"}])
+    model, _, task_data = load_inputs(StageInputs(recipe, str(tiny_model_dir), tmp_path / "x"))
+    return model.eval(), next(iter(task_data.train_loader(8)))
+
+
+def test_the_blend_is_alpha_kd_plus_the_rest_task_loss(tmp_path, tiny_model_dir, real_glue_dir):
+    student, batch = first_batch(tiny_model_dir, real_glue_dir, tmp_path)
+    with torch.no_grad():  # the student starts with the teacher's weights: KD is 0
+        teacher = Teacher(str(tiny_model_dir), 2, False, temperature=2.0, alpha=0.25)
+        loss, logs = supervised_loss(False, "off", teacher)(student, batch)
+        task = task_loss(student(**model_inputs(batch), mode="off").logits, batch["labels"], False)
+        assert logs["kd"] == pytest.approx(0.0, abs=1e-6)
+        assert float(loss) == pytest.approx(0.75 * float(task), rel=1e-5)
+        student.hf_model.classifier.bias[0] += 1.0  # a student that differs from its teacher
+        loss, logs = supervised_loss(False, "off", teacher)(student, batch)
+        logits = student(**model_inputs(batch), mode="off").logits
+        target = teacher.outputs(batch).logits
+        expected = 0.25 * kd_loss(logits, target, 2.0, False) + 0.75 * task_loss(
+            logits, batch["labels"], False
+        )
+        assert logs["kd"] > 0 and float(loss) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_the_soft_loss_takes_the_teacher_beside_its_pruning_pressure(tmp_path, tiny_model_dir, real_glue_dir):
+    student, batch = first_batch(tiny_model_dir, real_glue_dir, tmp_path)
+    student.spec = PruningSpec(method="ltp", max_length=64, final_threshold=0.01, temperature=1e-3)
+    teacher = Teacher(str(tiny_model_dir), 2, False, temperature=2.0, alpha=1.0)
+    with torch.no_grad():
+        guided, logs = soft_loss(False, 0.1, None, teacher)(student, batch)
+        out = student(**model_inputs(batch), mode="soft")
+        expected = kd_loss(out.logits, teacher.outputs(batch).logits, 2.0, False) + 0.1 * out.kept_fraction
+    assert "kd" in logs and float(guided) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_a_guided_pruning_stage_needs_a_teacher(tiny_model_dir, real_glue_dir):
+    soft = {"name": "soft", "kind": "ltp_soft", "distill_alpha": 0.5}
+    with pytest.raises(UserError, match=r"stages.soft: ltp_soft with distill_alpha needs a finetune stage"):
+        recipe_with(tiny_model_dir, real_glue_dir, [soft])
+    recipe_with(tiny_model_dir, real_glue_dir, [{**soft, "teacher": str(tiny_model_dir)}])  # names one
+    recipe_with(tiny_model_dir, real_glue_dir, [{**soft, "distill_alpha": 0}])  # no KD, no teacher
+
+
+def test_ltp_hard_trains_under_the_finetuned_teacher(tmp_path, tiny_model_dir, real_glue_dir):
+    """finetune -> ltp_soft -> ltp_hard, both pruning stages guided: the hard stage's teacher is the
+    finetune artifact, loaded unpruned, and the stage still drops tokens."""
+    train = {"epochs": 1, "batch_size": 16, "distill_alpha": 0.5}
+    recipe = recipe_with(
+        tiny_model_dir,
+        real_glue_dir,
+        [
+            {"name": "finetune", "kind": "finetune", "epochs": 1, "batch_size": 16},
+            {"name": "soft", "kind": "ltp_soft", "lambda": 0.05, "final_threshold": 0.05, **train},
+            {"name": "hard", "kind": "ltp_hard", **train},
+        ],
+    )
+    steps = plan(recipe, tmp_path)
+    assert steps[2].inputs.teacher == str(tmp_path / "stages" / "finetune")
+    results = [run_or_reuse(step) for step in steps]
+    assert results[2].kind == "ltp_hard" and results[2].gflops < results[0].gflops
