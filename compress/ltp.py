@@ -44,6 +44,9 @@ class PruningSpec(BaseModel):
     final_threshold: float = Field(0.01, ge=0)  # theta_final (ltp)
     temperature: float = Field(1e-3, gt=0)  # T of the soft mask (ltp)
     prune_from_layer: int = Field(1, ge=0)  # first layer with a threshold (ltp); LTP's theta_0 is 0
+    # soft mode (ltp): masks multiply through the layers and weight later keys, or each layer's
+    # mask stands alone and its L1 term averages over padding too (the LTP authors' code)
+    formulation: Literal["cumulative", "independent"] = "cumulative"
     threshold_offsets: list[float] = []  # learned delta_l per layer (ltp); may be negative
     keep_ratios: list[Annotated[float, Field(gt=0, le=1)]] = []  # fraction kept per layer (topk)
 
@@ -238,21 +241,29 @@ class PrunableModel(nn.Module):
         return self._forward_hard(h, attention_mask.bool(), drop=mode == "drop")
 
     def _forward_soft(self, h: torch.Tensor, attention_mask: torch.Tensor) -> PrunedOutput:
-        """Every token stays in the tensors, weighted by its soft mask (LTP's soft stage). Token
-        counts are the masks' sums: expected counts, differentiable (for a FLOPs budget)."""
-        live = attention_mask.to(h.dtype)  # (B, n) token weights: 1 live, 0 padding, soft in between
-        lengths = attention_mask.sum(dim=1)  # (B,)
+        """Every token stays in the tensors, weighted by its soft mask (LTP's soft stage).
+
+        "cumulative": a token's weight is the product of its masks so far; it weights the token's
+        keys and queries in the next layers. "independent": each layer's mask stands alone (keys
+        and queries see padding only) and the L1 term averages over every position, padding too.
+        Token counts are expected survivors (products of the masks): differentiable, for a budget."""
+        padding = attention_mask.to(h.dtype)  # (B, n) 1 live, 0 padding
+        independent = self.spec.formulation == "independent"
+        live = survive = padding  # the layer's token weights; expected survival so far
+        denominator = padding.numel() if independent else attention_mask.sum()
         theta = self.thresholds().to(h.device)
         tokens_in, tokens_kept, kept_fraction = [], [], h.new_zeros((), dtype=torch.float32)
         for index, layer in enumerate(self.hf_model.base_model.encoder.layer):
-            tokens_in.append(live.sum(dim=1))
-            context, probs = _self_attention(layer, h, _key_bias(live), self.training, self.int8_attention)
+            tokens_in.append(survive.sum(dim=1))
+            weight = padding if independent else live
+            context, probs = _self_attention(layer, h, _key_bias(weight), self.training, self.int8_attention)
             if self._prunes(index):  # as in the hard modes: a layer without a threshold keeps every token
-                score = token_importance(probs, live, self.spec.max_length)  # (B, n)
-                live = self._soft_mask(score, theta[index]) * live  # (B, n)
+                score = token_importance(probs, weight, self.spec.max_length)  # (B, n)
+                mask = self._soft_mask(score, theta[index])
+                live, survive = mask * weight, mask * survive
             h = finish_layer(layer, context, h) * live[..., None]
-            kept_fraction = kept_fraction + live.sum() / lengths.sum()
-            tokens_kept.append(live.sum(dim=1))
+            kept_fraction = kept_fraction + live.sum() / denominator
+            tokens_kept.append(survive.sum(dim=1))
         return PrunedOutput(
             logits=self.classify(h),
             tokens_in=torch.stack(tokens_in, dim=1),

@@ -105,6 +105,29 @@ def test_soft_mask_tends_to_hard_mask_at_low_temperature():
     torch.testing.assert_close(soft, hard, atol=1e-4, rtol=0)
 
 
+def test_independent_soft_masks_stand_alone_and_average_over_padding_too():
+    ids, mask = batch_with_mixed_lengths()
+    outs = {}
+    for formulation in ("cumulative", "independent"):
+        spec = PruningSpec(**PRUNING, temperature=1e-2, formulation=formulation)
+        model = PrunableModel(tiny_model("bert"), spec).eval()
+        with torch.no_grad():
+            outs[formulation] = model(ids, mask, mode="soft")
+        keep_all = PruningSpec(
+            final_threshold=0.0, max_length=16, threshold_offsets=[-1.0] * 3, formulation=formulation
+        )
+        with torch.no_grad():  # thresholds below every score: the masks are all 1
+            kept = PrunableModel(tiny_model("bert"), keep_all).eval()(ids, mask, mode="soft")
+        share = mask.sum() / mask.numel() if formulation == "independent" else 1.0
+        assert float(kept.kept_fraction) == pytest.approx(3 * float(share), rel=1e-5)  # 3 layers
+    cumulative, independent = outs["cumulative"], outs["independent"]
+    assert not torch.allclose(independent.logits, cumulative.logits)  # later layers see other keys
+    # expected survivors multiply the masks in both: counts fall layer after layer
+    for out in (cumulative, independent):
+        assert (out.tokens_kept[:, 1:] <= out.tokens_kept[:, :-1] + 1e-5).all()
+        torch.testing.assert_close(out.tokens_in[:, 1:], out.tokens_kept[:, :-1])
+
+
 def test_gradients_reach_thresholds_in_soft_mode_only():
     model = PrunableModel(
         tiny_model("bert"), PruningSpec(final_threshold=0.05, max_length=16, temperature=1e-2)

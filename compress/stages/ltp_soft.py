@@ -46,6 +46,8 @@ class LTPSoftConfig(TeacherGuidedConfig):
     lambda_: float = Field(0.1, ge=0, alias="lambda")  # weight of the kept-token (L1) term
     threshold_lr: float = Field(1e-4, gt=0)  # own AdamW group, no weight decay
     prune_from_layer: int = Field(1, ge=0)  # LTP: 1 (layer 0 keeps every token); 0 prunes after its attention
+    # soft masks: multiplied through the layers, or each layer's alone as in the authors' code (compress.ltp)
+    formulation: Literal["cumulative", "independent"] = "cumulative"
     # a FLOPs budget instead of lambda (compress.budget): GFLOPs reduction to reach, e.g. 3.0
     target_gflops_reduction: float | None = Field(None, gt=1, le=100)
     budget_rho: float = Field(10.0, gt=0)  # weight of the budget's quadratic term
@@ -75,6 +77,7 @@ def run(config: LTPSoftConfig, inputs: StageInputs) -> StageResult:
         final_threshold=config.final_threshold,
         temperature=config.temperature,
         prune_from_layer=config.prune_from_layer,
+        formulation=config.formulation,
     )
     model.threshold_offsets.data.zero_()
     model.threshold_offsets.requires_grad_(True)
