@@ -18,6 +18,9 @@ fraction (the initial thresholds already prune) to t over the first `warmup` fra
 The soft masks' expected FLOPs are not quite the hard model's (a half-kept token counts half, then
 all or nothing), so after training `calibrate` shifts every threshold by one common offset, found
 by bisection, until the hard model's FLOPs on given inputs are on target.
+
+Top-k needs no training to meet a budget: its kept counts follow from the lengths alone, so
+`topk_share` finds the per-layer share of a geometric schedule that meets it on given lengths.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from torch.utils.data import DataLoader
 
 from compress.evaluate import predict
 from compress.flops import macs_fraction
+from compress.ltp import geometric_keep_ratios
 
 
 def max_reduction(config, lengths: torch.Tensor, prune_from_layer: int) -> float:
@@ -95,3 +99,32 @@ def calibrate(model, loader: DataLoader, target: float, span: float = 1.0, steps
             high = middle
     model.threshold_offsets.data = offsets + high  # the side that is within budget
     return high
+
+
+def topk_fraction(config, lengths: torch.Tensor, ratios: list[float]) -> float:
+    """Encoder MACs of top-k with these per-layer keep ratios on examples of `lengths`, relative to
+    unpruned; counts as `PrunableModel.hard_keep` keeps them (ceil(ratio * length), at least 1)."""
+    n = lengths.double()
+    kept = torch.stack([torch.ceil(ratio * n).clamp_min(1) for ratio in ratios], dim=1)
+    entering = torch.cat([n[:, None], kept[:, :-1]], dim=1)
+    return float(macs_fraction(config, entering, kept))
+
+
+def topk_share(config, lengths: torch.Tensor, target_reduction: float, start_layer: int) -> float | None:
+    """The largest share per layer (`geometric_keep_ratios`, bisection to 1e-6) whose FLOPs on
+    `lengths` are within 1 / `target_reduction` of unpruned; None when even keeping [CLS] alone
+    from `start_layer` on is not."""
+    layers, target = config.num_hidden_layers, 1.0 / target_reduction
+
+    def within(share: float) -> bool:
+        return topk_fraction(config, lengths, geometric_keep_ratios(layers, share, start_layer)) <= target
+
+    low, high = 1.0 / float(lengths.max()), 1.0  # at `low` every pruning layer keeps [CLS] alone
+    if not within(low):
+        return None
+    if within(high):
+        return high
+    while high - low > 1e-6:  # `low` stays within the budget, `high` over it
+        middle = (low + high) / 2
+        low, high = (middle, high) if within(middle) else (low, middle)
+    return low

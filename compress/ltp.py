@@ -89,6 +89,12 @@ def linear_keep_ratios(num_layers: int, final_keep_ratio: float, start_layer: in
     return ratios
 
 
+def geometric_keep_ratios(num_layers: int, share: float, start_layer: int) -> list[float]:
+    """Top-k schedule for a FLOPs budget: from `start_layer` on, each layer keeps `share` of the
+    tokens the layer before it kept (share^k of the input at the k-th pruning layer)."""
+    return [share ** max(0, layer - start_layer + 1) for layer in range(num_layers)]
+
+
 @dataclass
 class PrunedOutput:
     logits: torch.Tensor  # (B, C)

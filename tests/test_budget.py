@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from compress.artifacts import read_result
-from compress.budget import FlopsBudget, max_reduction
+from compress.budget import FlopsBudget, max_reduction, topk_fraction, topk_share
 from compress.errors import UserError
 from compress.flops import cost_from_config, macs_fraction
-from compress.ltp import PrunableModel, PruningSpec
+from compress.ltp import PrunableModel, PruningSpec, geometric_keep_ratios
 from compress.recipe import parse_recipe
 from tests.test_ltp import batch_with_mixed_lengths, soft_stage_run, tiny_model
 
@@ -177,3 +177,35 @@ def test_calibration_shifts_the_thresholds_onto_the_budget():
     reached = hard_fraction(model, loader)
     assert 0.6 < reached <= 0.7 and offset > 0
     assert model.threshold_offsets.tolist() == pytest.approx([offset] * 3)
+
+
+@pytest.mark.parametrize("reduction, start", [(1.5, 0), (1.3, 1)])
+def test_topk_share_meets_a_budget_from_below(reduction, start):
+    config = tiny_model("bert").config  # 3 layers
+    lengths = torch.tensor([12, 5, 9, 3, 30, 17])
+    share = topk_share(config, lengths, reduction, start)
+    ratios = geometric_keep_ratios(3, share, start)
+    assert ratios[:start] == [1.0] * start and ratios[start] == pytest.approx(share)
+    assert 1 / topk_fraction(config, lengths, ratios) >= reduction  # within budget
+    a_bit_more = geometric_keep_ratios(3, share + 1e-3, start)
+    assert 1 / topk_fraction(config, lengths, a_bit_more) < reduction  # and the largest share that is
+    # the kept counts are those the model keeps: ceil(ratio * length), [CLS] at least
+    model = PrunableModel(tiny_model("bert"), PruningSpec(method="topk", max_length=16, keep_ratios=ratios))
+    ids, mask = batch_with_mixed_lengths()
+    with torch.no_grad():
+        out = model(ids, mask, mode="drop")
+    expected = topk_fraction(config, mask.sum(1), ratios)
+    assert float(macs_fraction(config, out.tokens_in, out.tokens_kept)) == pytest.approx(expected)
+
+
+def test_a_topk_budget_out_of_reach_or_with_a_ratio_is_refused():
+    config = tiny_model("bert").config
+    assert topk_share(config, torch.tensor([4, 6]), 50.0, 1) is None  # layer 0 sees every token
+    raw = {
+        "name": "t",
+        "model": "minilm",
+        "task": "sst2",
+        "stages": [{"name": "topk", "kind": "topk", "target_gflops_reduction": 2, "final_keep_ratio": 0.2}],
+    }
+    with pytest.raises(UserError, match="set final_keep_ratio or target_gflops_reduction, not both"):
+        parse_recipe(raw, "t.yaml")

@@ -2,25 +2,34 @@
 
 Each layer keeps a fixed fraction of the input length (its most important tokens by the
 same attention score), 1.0 before `start_layer`, then falling linearly to
-`final_keep_ratio` at the last layer; the model is fine-tuned with tokens dropped (guided by
-the teacher with `distill_alpha`).
+`final_keep_ratio` at the last layer. With `target_gflops_reduction` instead, each layer from
+`start_layer` on keeps the same share of the tokens the layer before it kept, that share chosen
+so that the dev inputs (labels unused, as for LTP's budget) meet the budget. The model is then
+fine-tuned with tokens dropped (guided by the teacher with `distill_alpha`).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Literal
 
-from pydantic import Field
+import torch
+from pydantic import Field, model_validator
 
-from compress.ltp import PruningSpec, linear_keep_ratios
+from compress.budget import topk_share
+from compress.errors import UserError
+from compress.ltp import PruningSpec, geometric_keep_ratios, linear_keep_ratios
 from compress.stages.base import StageInputs, StageResult
 from compress.stages.common import load_inputs, train_and_save
 from compress.stages.teacher import TeacherGuidedConfig, stage_teacher
 
+log = logging.getLogger(__name__)
+
 
 class TopKConfig(TeacherGuidedConfig):
-    """Static top-k baseline: keep a fixed fraction per layer, falling linearly after `start_layer`."""
+    """Static top-k baseline: keep a fixed fraction per layer, falling linearly after `start_layer`
+    (or geometrically, to a FLOPs budget)."""
 
     kind: Literal["topk"]
     epochs: float = Field(5.0, gt=0, le=1000)
@@ -28,12 +37,39 @@ class TopKConfig(TeacherGuidedConfig):
     lr: float = Field(1e-5, gt=0)
     final_keep_ratio: float = Field(0.3, gt=0, le=1)
     start_layer: int = Field(3, ge=0)  # layers before it keep every token (reference: 3 of 12)
+    target_gflops_reduction: float | None = Field(None, gt=1, le=100)  # instead of final_keep_ratio
+
+    @model_validator(mode="after")
+    def _one_schedule(self):
+        if self.target_gflops_reduction is not None and "final_keep_ratio" in self.model_fields_set:
+            raise ValueError("set final_keep_ratio or target_gflops_reduction, not both")
+        return self
 
 
 def run(config: TopKConfig, inputs: StageInputs) -> StageResult:
     started = time.perf_counter()
     model, tokenizer, task_data = load_inputs(inputs)
-    ratios = linear_keep_ratios(model.num_layers, config.final_keep_ratio, config.start_layer)
+    if config.target_gflops_reduction:
+        ratios = budget_ratios(config, model.config, task_data)
+    else:
+        ratios = linear_keep_ratios(model.num_layers, config.final_keep_ratio, config.start_layer)
     model.spec = PruningSpec(method="topk", max_length=inputs.recipe.data.max_seq_length, keep_ratios=ratios)
     teacher = stage_teacher(config, inputs, task_data.task)
     return train_and_save(config, inputs, model, tokenizer, task_data, started, teacher=teacher)
+
+
+def budget_ratios(config: TopKConfig, model_config, task_data) -> list[float]:
+    """The geometric keep ratios that meet the budget on the first eval split's lengths."""
+    rows = next(iter(task_data.evals.values()))
+    lengths = torch.tensor([len(row["input_ids"]) for row in rows])
+    share = topk_share(model_config, lengths, config.target_gflops_reduction, config.start_layer)
+    if share is None:
+        raise UserError(
+            f"stages.{config.name}.target_gflops_reduction: {config.target_gflops_reduction:g}x is out of "
+            f"reach on this data: keeping [CLS] alone from layer {config.start_layer} on does not reach it; "
+            "lower it or start_layer"
+        )
+    log.info(
+        "%s: each layer from %d on keeps %.3f of the tokens before it", config.name, config.start_layer, share
+    )
+    return geometric_keep_ratios(model_config.num_hidden_layers, share, config.start_layer)
