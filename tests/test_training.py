@@ -89,26 +89,29 @@ def test_finetune_is_deterministic_on_cpu(tmp_path, tiny_model_dir, real_glue_di
     assert yaml.safe_load((tmp_path / "a" / "recipe.yaml").read_text())["name"] == "tiny"
 
 
-def test_the_best_epoch_is_restored(tmp_path, tiny_model_dir, real_glue_dir):
-    recipe = tiny_recipe(tiny_model_dir, real_glue_dir, epochs=3, lr=1e-3)
-    stage = recipe.stages[0]
-    model, _, task_data = load_inputs(StageInputs(recipe, str(tiny_model_dir), tmp_path / "x"))
-    scores, states = iter([0.5, 0.9, 0.7]), []
+def train_with_scripted_scores(recipe, tmp_path, model_dir, scores: list[float]):
+    """Train the recipe's first stage with dev scores given in advance; every evaluated state too."""
+    model, _, task_data = load_inputs(StageInputs(recipe, str(model_dir), tmp_path / "x"))
+    upcoming, states = iter(scores), []
 
-    def fake_evaluate(m, accelerator):
+    def scripted_evaluate(m, accelerator):
         states.append(copy.deepcopy(m.state_dict()))
         counts = torch.ones(1, 2)
-        return EvalResult({"accuracy": 0.0}, "accuracy", next(scores), counts, counts, EncoderCost(1, 1), 0.0)
+        return EvalResult(
+            {"accuracy": 0.0}, "accuracy", next(upcoming), counts, counts, EncoderCost(1, 1), 0.0
+        )
 
+    stage = recipe.stages[0]
+    groups = weight_groups(model, 0.0)
     result = train(
-        model,
-        task_data.train_loader,
-        supervised_loss(False, "off"),
-        fake_evaluate,
-        weight_groups(model, 0.0),
-        stage,
-        keep="best",
+        model, task_data.train_loader, supervised_loss(False, "off"), scripted_evaluate, groups, stage
     )
+    return model, result, states
+
+
+def test_the_best_epoch_is_restored(tmp_path, tiny_model_dir, real_glue_dir):
+    recipe = tiny_recipe(tiny_model_dir, real_glue_dir, epochs=3, lr=1e-3)
+    model, result, states = train_with_scripted_scores(recipe, tmp_path, tiny_model_dir, [0.5, 0.9, 0.7])
     assert result.best.main == 0.9 and len(result.history) == 3
     for key, value in model.state_dict().items():
         assert torch.equal(value, states[1][key]), key
@@ -120,22 +123,7 @@ def test_eval_steps_evaluates_mid_epoch_too_and_keeps_the_best_of_all(
 ):
     # 48 examples in batches of 16: 3 steps an epoch; every 2 steps and each epoch's end
     recipe = tiny_recipe(tiny_model_dir, real_glue_dir, epochs=2, lr=1e-3, eval_steps=2)
-    model, _, task_data = load_inputs(StageInputs(recipe, str(tiny_model_dir), tmp_path / "x"))
-    scores, states = iter([0.5, 0.6, 0.9, 0.7]), []
-
-    def fake_evaluate(m, accelerator):
-        states.append(copy.deepcopy(m.state_dict()))
-        counts = torch.ones(1, 2)
-        return EvalResult({"accuracy": 0.0}, "accuracy", next(scores), counts, counts, EncoderCost(1, 1), 0.0)
-
-    result = train(
-        model,
-        task_data.train_loader,
-        supervised_loss(False, "off"),
-        fake_evaluate,
-        weight_groups(model, 0.0),
-        recipe.stages[0],
-    )
+    model, result, states = train_with_scripted_scores(recipe, tmp_path, tiny_model_dir, [0.5, 0.6, 0.9, 0.7])
     assert [(row["epoch"], row["step"]) for row in result.history] == [(1, 2), (1, 3), (2, 4), (2, 6)]
     assert result.best.main == 0.9 and model.training is False
     for key, value in model.state_dict().items():
