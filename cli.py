@@ -265,6 +265,30 @@ def results(
         typer.echo(f"{readme}: results table of {len(summaries)} runs")
 
 
+@app.command()
+def frontier(
+    curves: Annotated[
+        list[str], typer.Argument(help="LABEL=PATH[,PATH...]: a sweep_<key>.json or runs' summary.json files")
+    ],
+    out: Annotated[Path, typer.Option(help="The plot (PNG); its data goes beside it as .json")] = Path(
+        "artifacts/frontier.png"
+    ),
+) -> None:
+    """Accuracy against GFLOPs of several methods in one plot (e.g. budgeted LTP vs top-k sweeps),
+    also logged to MLflow (experiment `frontier`)."""
+    from pipelines.frontier import log_frontier, parse_curve, write_frontier
+
+    if out.suffix.lower() != ".png":
+        raise UserError(f"--out {out}: the plot is a PNG file (name it *.png)")
+    parsed = [parse_curve(spec) for spec in curves]
+    paths = write_frontier(parsed, out)
+    log_frontier(paths, parsed)
+    for curve in parsed:
+        points = ", ".join(f"{p.score:.4f} at {p.gflops:.3f}" for p in curve.points)
+        typer.echo(f"{curve.label}: {curve.metric} {points} GFLOPs")
+    typer.echo(f"plot: {paths[0]}")
+
+
 def _stop(signum: int, frame) -> None:
     raise Stopped(signum)
 
