@@ -47,6 +47,9 @@ class PruningSpec(BaseModel):
     # soft mode (ltp): masks multiply through the layers and weight later keys, or each layer's
     # mask stands alone and its L1 term averages over padding too (the LTP authors' code)
     formulation: Literal["cumulative", "independent"] = "cumulative"
+    # a FLOPs budget's target reduction and calibration inputs (ltp): later stages keep it
+    target_gflops_reduction: float | None = Field(None, gt=1)
+    budget_calibration: Literal["eval", "train"] = "eval"
     threshold_offsets: list[float] = []  # learned delta_l per layer (ltp); may be negative
     keep_ratios: list[Annotated[float, Field(gt=0, le=1)]] = []  # fraction kept per layer (topk)
 

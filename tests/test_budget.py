@@ -136,6 +136,21 @@ def test_a_budgeted_soft_stage_records_its_trajectory(tmp_path, tiny_model_dir, 
     assert all(0 < point["fraction"] <= 1 for point in trace)
 
 
+def test_the_hard_stage_ends_on_the_budget_the_soft_stage_was_given(tmp_path, tiny_model_dir, real_glue_dir):
+    """Fine-tuning moves the importance scores; the hard stage shifts its thresholds back onto the
+    budget that pruning.json carries, and reports the model it saved."""
+    hard = {"name": "hard", "kind": "ltp_hard", "epochs": 2, "batch_size": 16, "lr": 1e-3}
+    summary = soft_stage_run(
+        tiny_model_dir, real_glue_dir, tmp_path, later=(hard,), target_gflops_reduction=1.5, epochs=2
+    )
+    baseline = summary["final"]["baseline_gflops"]
+    artifact = Path(summary["stages"][1]["artifact"])
+    spec = PruningSpec.load(artifact)
+    assert spec.target_gflops_reduction == 1.5 and spec.budget_calibration == "eval"
+    for stage in summary["stages"]:  # at or under the budget on the dev inputs, and close to it
+        assert 1.5 <= baseline / stage["gflops"] <= 1.5 * 1.1, stage["name"]
+
+
 def test_a_budget_out_of_reach_is_refused_before_training(tmp_path, tiny_model_dir, real_glue_dir):
     with pytest.raises(
         UserError, match=r"target_gflops_reduction: 50x is out of reach .* set prune_from_layer: 0"

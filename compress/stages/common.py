@@ -1,7 +1,9 @@
-"""Pieces the training stages share: loading, the task loss, parameter groups, saving."""
+"""Pieces the training stages share: loading, the task loss, parameter groups, a FLOPs budget
+kept after training, saving."""
 
 from __future__ import annotations
 
+import logging
 import time
 
 import torch
@@ -9,6 +11,8 @@ import torch.nn.functional as F
 
 from compress.accelerator import is_main_process, wait_for_everyone
 from compress.artifacts import RESULT_FILE, atomic_directory, save_model, write_json
+from compress.budget import calibrate, hard_fraction
+from compress.data.batching import make_loader
 from compress.data.task_data import TaskData, prepare_data
 from compress.evaluate import EvalResult, evaluate, model_inputs
 from compress.flops import FP32, Precision
@@ -18,6 +22,9 @@ from compress.recipe import dump_recipe
 from compress.stages.base import StageInputs, StageResult
 from compress.stages.teacher import Teacher
 from compress.training import TrainResult, train
+
+log = logging.getLogger(__name__)
+CALIBRATION_EXAMPLES = 2000  # of the training split, with budget_calibration: train
 
 
 def load_inputs(inputs: StageInputs, need_train: bool = True) -> tuple[PrunableModel, object, TaskData]:
@@ -56,6 +63,36 @@ def weight_groups(model: PrunableModel, weight_decay: float) -> list[dict]:
         if param.requires_grad:
             (no_decay if param.ndim < 2 else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def calibrate_budget(stage_name: str, model: PrunableModel, task_data: TaskData, batch_size: int) -> None:
+    """Shift the thresholds together until the hard model meets the spec's budget on its
+    calibration inputs (`budget_calibration`: the first eval split's, labels unused, or at most
+    CALIBRATION_EXAMPLES of the training split's)."""
+    spec = model.spec
+    if spec.budget_calibration == "eval":
+        loader = next(iter(task_data.eval_loaders(batch_size).values()))
+    else:
+        rows = task_data.train[:CALIBRATION_EXAMPLES]
+        loader = make_loader(rows, batch_size, task_data.pad_token_id, False, task_data.seed)
+    before = hard_fraction(model, loader)
+    offset = calibrate(model, loader, 1 / spec.target_gflops_reduction)
+    after = hard_fraction(model, loader)
+    log.info(
+        "%s: thresholds shifted by %+.5f: %.2fx fewer GFLOPs on the %s inputs (%.2fx before; target %.2fx)",
+        stage_name, offset, 1 / after, spec.budget_calibration, 1 / before, spec.target_gflops_reduction,
+    )  # fmt: skip
+
+
+def keep_budget(config, model: PrunableModel, task_data: TaskData, evaluation: EvalResult) -> EvalResult:
+    """After training under a FLOPs budget (the model's pruning spec names one), the thresholds
+    shifted onto it, and the model evaluated again; else `evaluation` as it is. Training moves the
+    importance scores (the soft stage's expected counts are not hard ones; later stages change the
+    weights), so every stage that trains a budgeted model ends on the budget."""
+    if model.spec is None or model.spec.target_gflops_reduction is None:
+        return evaluation
+    calibrate_budget(config.name, model, task_data, config.eval_batch_size)
+    return evaluator(task_data, config.eval_batch_size, "drop")(model)
 
 
 def evaluator(task_data: TaskData, batch_size: int, mode: Mode):

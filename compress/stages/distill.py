@@ -6,7 +6,8 @@ Loss = alpha * KD + (1 - alpha) * task loss       (KD: compress.stages.teacher)
 The student keeps pruning (tokens dropped, thresholds frozen). With `qat: true` the encoder's
 linear layers train under torchao's int8 fake quantisation (QAT prepare); the artifact keeps
 the trained float weights, and a later `quantize` stage with scheme `qat_int8` puts them on
-real int8 kernels. The best dev epoch is kept.
+real int8 kernels. The best dev epoch is kept; a model pruned to a FLOPs budget is shifted back
+onto it after training.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from compress.ltp import PrunableModel
 from compress.quantize import prepare_qat, remove_fake_quantizers
 from compress.recipe import StageBase, TrainingConfig
 from compress.stages.base import StageInputs, StageResult
-from compress.stages.common import load_inputs, save_stage, task_loss, train_model
+from compress.stages.common import keep_budget, load_inputs, save_stage, task_loss, train_model
 from compress.stages.teacher import Teacher, check_teacher_exists, check_teacher_order
 
 
@@ -79,4 +80,5 @@ def run(config: DistillConfig, inputs: StageInputs) -> StageResult:
     )
     if config.qat:
         remove_fake_quantizers(student.hf_model)
-    return save_stage(inputs, config, student, tokenizer, task_data, trained.best, started, trained)
+    evaluation = keep_budget(config, student, task_data, trained.best)
+    return save_stage(inputs, config, student, tokenizer, task_data, evaluation, started, trained)

@@ -1,8 +1,10 @@
 """Stage `ltp_hard`: thresholds frozen and binarised; fine-tune with pruned tokens really dropped.
 
 No L1 term; with `distill_alpha` the teacher's logits guide it (compress.stages.teacher).
-The best dev epoch is kept. The artifact carries the thresholds (pruning.json),
-so every later stage and `cli.py pull` get a model that prunes.
+The best dev evaluation is kept. When the soft stage had a FLOPs budget (pruning.json keeps it),
+the thresholds are shifted back onto it after fine-tuning, whose new weights move the scores.
+The artifact carries the thresholds (pruning.json), so every later stage and `cli.py pull` get
+a model that prunes.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from compress.ltp import PRUNING_FILE, PrunableModel, PruningSpec
 from compress.paths import user_path
 from compress.recipe import StageBase
 from compress.stages.base import StageInputs, StageResult
-from compress.stages.common import load_inputs, train_and_save
+from compress.stages.common import keep_budget, load_inputs, save_stage, supervised_loss, train_model
 from compress.stages.teacher import TeacherGuidedConfig, stage_teacher
 
 
@@ -56,5 +58,10 @@ def run(config: LTPHardConfig, inputs: StageInputs) -> StageResult:
         raise UserError(
             f"stages.{config.name}: the input model has no learned thresholds (run ltp_soft first)"
         )
-    teacher = stage_teacher(config, inputs, task_data.task)
-    return train_and_save(config, inputs, model, tokenizer, task_data, started, teacher=teacher)
+    loss_fn = supervised_loss(
+        task_data.task.is_regression, "drop", stage_teacher(config, inputs, task_data.task)
+    )
+    precision = inputs.recipe.mixed_precision
+    trained = train_model(config, model, task_data, loss_fn=loss_fn, mixed_precision=precision)
+    evaluation = keep_budget(config, model, task_data, trained.best)
+    return save_stage(inputs, config, model, tokenizer, task_data, evaluation, started, trained)

@@ -20,19 +20,24 @@ import torch
 from pydantic import Field, model_validator
 
 from compress.accelerator import micro_batch_size, num_processes
-from compress.budget import FlopsBudget, calibrate, hard_fraction, max_reduction
-from compress.data.batching import make_loader
+from compress.budget import FlopsBudget, max_reduction
 from compress.errors import UserError
 from compress.evaluate import model_inputs
 from compress.ltp import PrunableModel, PruningSpec
 from compress.recipe import StageBase
 from compress.stages.base import StageInputs, StageResult
-from compress.stages.common import evaluator, load_inputs, save_stage, task_loss, train_model, weight_groups
+from compress.stages.common import (
+    keep_budget,
+    load_inputs,
+    save_stage,
+    task_loss,
+    train_model,
+    weight_groups,
+)
 from compress.stages.teacher import Teacher, TeacherGuidedConfig, stage_teacher
 
 log = logging.getLogger(__name__)
 TRACE_POINTS = 200  # budget trajectory rows kept per stage
-CALIBRATION_EXAMPLES = 2000  # of the training split, with budget_calibration: train
 REACHABLE = 0.8  # the largest share of the [CLS]-only reduction a budget may ask for
 HARD_PRUNING_KINDS = ("ltp_hard", "topk")  # stages that drop tokens; ltp_soft cannot follow them
 
@@ -78,6 +83,8 @@ def run(config: LTPSoftConfig, inputs: StageInputs) -> StageResult:
         temperature=config.temperature,
         prune_from_layer=config.prune_from_layer,
         formulation=config.formulation,
+        target_gflops_reduction=config.target_gflops_reduction,
+        budget_calibration=config.budget_calibration,
     )
     model.threshold_offsets.data.zero_()
     model.threshold_offsets.requires_grad_(True)
@@ -102,30 +109,9 @@ def run(config: LTPSoftConfig, inputs: StageInputs) -> StageResult:
     trained = train_model(
         config, model, task_data, groups=groups, keep="last", loss_fn=loss_fn, mixed_precision=precision
     )
-    evaluation, trace = trained.best, []
-    if budget:
-        calibrate_budget(config, model, task_data, budget.target)
-        evaluation = evaluator(task_data, config.eval_batch_size, "drop")(model)
-        trace = budget.trace[:: max(1, len(budget.trace) // TRACE_POINTS)]
+    evaluation = keep_budget(config, model, task_data, trained.best)
+    trace = budget.trace[:: max(1, len(budget.trace) // TRACE_POINTS)] if budget else []
     return save_stage(inputs, config, model, tokenizer, task_data, evaluation, started, trained, trace=trace)
-
-
-def calibrate_budget(config: LTPSoftConfig, model: PrunableModel, task_data, target: float) -> None:
-    """Shift the learned thresholds together until the hard model meets the budget on the
-    calibration inputs (`budget_calibration`: the first eval split's, labels unused, or at most
-    CALIBRATION_EXAMPLES of the training split's)."""
-    if config.budget_calibration == "eval":
-        loader = next(iter(task_data.eval_loaders(config.eval_batch_size).values()))
-    else:
-        rows = task_data.train[:CALIBRATION_EXAMPLES]
-        loader = make_loader(rows, config.eval_batch_size, task_data.pad_token_id, False, task_data.seed)
-    before = hard_fraction(model, loader)
-    offset = calibrate(model, loader, target)
-    after = hard_fraction(model, loader)
-    log.info(
-        "%s: thresholds shifted by %+.5f: %.2fx fewer GFLOPs on the %s inputs (%.2fx before; target %.2fx)",
-        config.name, offset, 1 / after, config.budget_calibration, 1 / before, 1 / target,
-    )  # fmt: skip
 
 
 def check_reachable(config: LTPSoftConfig, model: PrunableModel, task_data) -> None:
