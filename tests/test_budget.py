@@ -4,13 +4,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from compress.artifacts import read_result
 from compress.budget import FlopsBudget, max_reduction, topk_fraction, topk_share
 from compress.errors import UserError
 from compress.flops import cost_from_config, macs_fraction
 from compress.ltp import PrunableModel, PruningSpec, geometric_keep_ratios
-from compress.recipe import parse_recipe
+from compress.recipe import dump_recipe, parse_recipe
 from tests.test_ltp import batch_with_mixed_lengths, soft_stage_run, tiny_model
 
 
@@ -101,7 +102,10 @@ def test_a_budget_and_a_lambda_are_refused_together():
     }
     with pytest.raises(UserError, match="lambda or target_gflops_reduction"):
         parse_recipe(recipe, "r.yaml")
-    parse_recipe({**recipe, "stages": [soft_stage(target_gflops_reduction=3)]}, "r.yaml")
+    budgeted = parse_recipe({**recipe, "stages": [soft_stage(target_gflops_reduction=3)]}, "r.yaml")
+    # the resolved recipe written beside every artifact reads back as the same recipe
+    again = parse_recipe(yaml.safe_load(dump_recipe(budgeted)), "recipe.yaml")
+    assert again == budgeted and again.stages[0].lambda_ is None
 
 
 def test_prune_from_layer_beyond_the_model_is_refused():

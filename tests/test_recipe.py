@@ -91,7 +91,7 @@ def test_defaults_and_alias():
     recipe = parse_recipe(BASE, "t")
     soft = recipe.stage("soft")
     assert isinstance(soft, LTPSoftConfig)
-    assert (soft.lambda_, soft.final_threshold, soft.temperature) == (0.1, 0.01, 1e-3)
+    assert (soft.l1_weight, soft.final_threshold, soft.temperature) == (0.1, 0.01, 1e-3)
     assert recipe.data.max_seq_length == 128
 
 

@@ -39,6 +39,7 @@ from compress.stages.teacher import Teacher, TeacherGuidedConfig, stage_teacher
 log = logging.getLogger(__name__)
 TRACE_POINTS = 200  # budget trajectory rows kept per stage
 REACHABLE = 0.8  # the largest share of the [CLS]-only reduction a budget may ask for
+DEFAULT_LAMBDA = 0.1
 HARD_PRUNING_KINDS = ("ltp_hard", "topk")  # stages that drop tokens; ltp_soft cannot follow them
 
 
@@ -48,7 +49,8 @@ class LTPSoftConfig(TeacherGuidedConfig):
     batch_size: int = Field(64, ge=1)
     final_threshold: float = Field(0.01, ge=0)  # theta_final
     temperature: float = Field(1e-3, gt=0)  # T of the sigmoid mask
-    lambda_: float = Field(0.1, ge=0, alias="lambda")  # weight of the kept-token (L1) term
+    # weight of the kept-token (L1) term; unset: 0.1, or no L1 term when a budget replaces it
+    lambda_: float | None = Field(None, ge=0, alias="lambda")
     threshold_lr: float = Field(1e-4, gt=0)  # own AdamW group, no weight decay
     prune_from_layer: int = Field(1, ge=0)  # LTP: 1 (layer 0 keeps every token); 0 prunes after its attention
     # soft masks: multiplied through the layers, or each layer's alone as in the authors' code (compress.ltp)
@@ -61,9 +63,13 @@ class LTPSoftConfig(TeacherGuidedConfig):
     # inputs on which the thresholds are shifted to meet the budget exactly: eval (labels unused) or train
     budget_calibration: Literal["eval", "train"] = "eval"
 
+    @property
+    def l1_weight(self) -> float:
+        return DEFAULT_LAMBDA if self.lambda_ is None else self.lambda_
+
     @model_validator(mode="after")
     def _one_pressure(self):
-        if self.target_gflops_reduction is not None and "lambda_" in self.model_fields_set:
+        if self.target_gflops_reduction is not None and self.lambda_ is not None:
             raise ValueError("set lambda or target_gflops_reduction, not both (the budget replaces lambda)")
         return self
 
@@ -104,7 +110,7 @@ def run(config: LTPSoftConfig, inputs: StageInputs) -> StageResult:
             config.budget_rate,
         )
     teacher = stage_teacher(config, inputs, task_data.task)
-    loss_fn = soft_loss(task_data.task.is_regression, config.lambda_, budget, teacher)
+    loss_fn = soft_loss(task_data.task.is_regression, config.l1_weight, budget, teacher)
     precision = inputs.recipe.mixed_precision
     trained = train_model(
         config, model, task_data, groups=groups, keep="last", loss_fn=loss_fn, mixed_precision=precision
