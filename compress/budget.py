@@ -15,6 +15,12 @@ lambda += rate * (f - t), outside the optimiser and its schedule: it removes the
 task loss's pull leaves under rho alone. The target moves linearly from the first batch's
 fraction (the initial thresholds already prune) to t over the first `warmup` fraction of the steps.
 
+With `layer_targets` the constraint is per layer instead (one multiplier each): layer l's
+expected survivors, as a share of the batch's tokens, against layer_targets[l]. Given top-k's
+geometric schedule for the budget, this spreads the pruning over the layers as top-k does while
+the thresholds still choose which tokens go; the total alone lets the cheapest solution win, and
+that prunes nearly everything at one early layer.
+
 The soft masks' expected FLOPs are not quite the hard model's (a half-kept token counts half, then
 all or nothing), so after training `calibrate` shifts every threshold by one common offset, found
 by bisection, until the hard model's FLOPs on given inputs are on target.
@@ -47,36 +53,62 @@ def max_reduction(config, lengths: torch.Tensor, prune_from_layer: int) -> float
 
 class FlopsBudget:
     def __init__(
-        self, target_reduction: float, total_steps: int, warmup: float, config, rho: float, rate: float
+        self,
+        target_reduction: float,
+        total_steps: int,
+        warmup: float,
+        config,
+        rho: float,
+        rate: float,
+        layer_targets: list[float] | None = None,
     ):
-        self.target = 1.0 / target_reduction
+        self.flops_target = 1.0 / target_reduction
+        per_layer = layer_targets is not None
+        self.target = torch.tensor(layer_targets if per_layer else [self.flops_target], dtype=torch.float32)
+        self.per_layer = per_layer
         self.warmup_steps = round(warmup * total_steps)
         self.config = config  # the Hugging Face config: hidden and FFN sizes
         self.rho, self.rate = rho, rate
-        self.multiplier = 0.0  # lambda
-        self.start: float | None = None  # the first batch's fraction, where the target starts
+        self.multiplier = torch.zeros_like(self.target)  # lambda, one per constraint
+        self.start: torch.Tensor | None = None  # the first batch's values, where the targets start
         self.steps = 0
-        self.trace: list[dict] = []  # per step: step, fraction, target, lambda
+        self.trace: list[dict] = []  # per step: step, FLOPs fraction, its target, mean lambda
 
-    def target_now(self) -> float:
-        start = self.start if self.start is not None else 1.0
+    def target_now(self) -> torch.Tensor:
+        start = self.start if self.start is not None else torch.ones_like(self.target)
         progress = min(1.0, self.steps / self.warmup_steps) if self.warmup_steps else 1.0
         return start - progress * (start - self.target)
 
+    def constrained(self, tokens_in: torch.Tensor, tokens_kept: torch.Tensor) -> torch.Tensor:
+        """What the constraints hold to their targets: (1,) the FLOPs fraction, or (L,) each
+        layer's expected survivors over the batch's tokens."""
+        if self.per_layer:
+            return tokens_kept.float().sum(dim=0) / tokens_in[:, 0].float().sum()
+        return macs_fraction(self.config, tokens_in.float(), tokens_kept.float())[None]
+
     def penalty(self, tokens_in: torch.Tensor, tokens_kept: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """The augmented Lagrangian of one training step, from its (B, L) expected token counts;
-        then the multiplier's ascent step."""
-        fraction = macs_fraction(self.config, tokens_in.float(), tokens_kept.float())
+        then the multipliers' ascent step."""
+        values = self.constrained(tokens_in, tokens_kept)
         if self.start is None:
-            self.start = max(self.target, min(1.0, float(fraction.detach())))
+            self.start = torch.maximum(self.target, values.detach().clamp_max(1.0))
         target = self.target_now()
-        gap = fraction - target
-        multiplier, observed = self.multiplier, float(gap.detach())
+        gap = values - target
+        multiplier, observed = self.multiplier.clone(), gap.detach()
         self.multiplier += self.rate * observed
         self.steps += 1
-        row = {"step": self.steps, "fraction": observed + target, "target": target, "lambda": multiplier}
+        fraction = float(macs_fraction(self.config, tokens_in.detach().float(), tokens_kept.detach().float()))
+        # the FLOPs target moves with the per-layer ones only implicitly: the trace shows the goal
+        flops_target = self.flops_target if self.per_layer else float(target[0])
+        row = {
+            "step": self.steps,
+            "fraction": fraction,
+            "target": flops_target,
+            "lambda": float(multiplier.mean()),
+        }
         self.trace.append(row)
-        return multiplier * gap + self.rho * gap**2, {"flops": row["fraction"], "target": target}
+        penalty = (multiplier * gap).sum() + self.rho * (gap**2).sum()
+        return penalty, {"flops": fraction, "target": flops_target}
 
 
 def hard_fraction(model, loader: DataLoader) -> float:

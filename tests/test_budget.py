@@ -78,6 +78,41 @@ def test_the_controller_drives_soft_thresholds_to_the_budget(reduction, first_la
     )
 
 
+def test_a_geometric_budget_drives_each_layer_to_its_share():
+    """One constraint per layer: thresholds alone (weights frozen, no task loss), one batch; each
+    pruning layer's expected survivors settle on its share of the tokens, unlike the FLOPs total
+    alone, which is met by one layer pruning nearly everything."""
+    hf = tiny_model("bert")
+    for param in hf.parameters():
+        param.requires_grad_(False)
+    ids, mask = batch_with_mixed_lengths(lengths=(16, 14, 12, 16, 10, 15))
+    targets = geometric_keep_ratios(3, 0.7, 0)  # 0.7, 0.49, 0.343
+    spec = PruningSpec(final_threshold=0.0, max_length=16, temperature=5e-3, prune_from_layer=0)
+    model = PrunableModel(hf, spec).train()
+    model.threshold_offsets.requires_grad_(True)
+    budget = FlopsBudget(2.0, 400, 0.25, hf.config, rho=10.0, rate=0.1, layer_targets=targets)
+    optimizer = torch.optim.AdamW([model.threshold_offsets], lr=2e-3, weight_decay=0.0)
+    shares = []
+    for _ in range(400):
+        out = model(ids, mask, mode="soft")
+        penalty, _ = budget.penalty(out.tokens_in, out.tokens_kept)
+        optimizer.zero_grad()
+        penalty.backward()
+        optimizer.step()
+        shares.append(budget.constrained(out.tokens_in, out.tokens_kept).detach())
+    settled = torch.stack(shares[-50:]).mean(dim=0)
+    assert settled.tolist() == pytest.approx(targets, rel=0.05)
+    assert budget.multiplier.shape == (3,) and budget.trace[-1]["target"] == 0.5
+
+
+def test_a_budget_shape_needs_a_budget():
+    raw = {"name": "r", "model": "minilm", "task": "sst2", "stages": [soft_stage(budget_shape="geometric")]}
+    with pytest.raises(
+        UserError, match="budget_shape geometric shapes a budget: set target_gflops_reduction"
+    ):
+        parse_recipe(raw, "r.yaml")
+
+
 def test_the_ceiling_is_cls_alone_from_the_first_pruning_layer():
     config = tiny_model("bert").config  # 3 layers, d 32, f 64
     lengths = torch.tensor([16, 8])
@@ -140,12 +175,21 @@ def test_a_budgeted_soft_stage_records_its_trajectory(tmp_path, tiny_model_dir, 
     assert all(0 < point["fraction"] <= 1 for point in trace)
 
 
-def test_the_hard_stage_ends_on_the_budget_the_soft_stage_was_given(tmp_path, tiny_model_dir, real_glue_dir):
+@pytest.mark.parametrize("shape", ["total", "geometric"])
+def test_the_hard_stage_ends_on_the_budget_the_soft_stage_was_given(
+    shape, tmp_path, tiny_model_dir, real_glue_dir
+):
     """Fine-tuning moves the importance scores; the hard stage shifts its thresholds back onto the
     budget that pruning.json carries, and reports the model it saved."""
     hard = {"name": "hard", "kind": "ltp_hard", "epochs": 2, "batch_size": 16, "lr": 1e-3}
     summary = soft_stage_run(
-        tiny_model_dir, real_glue_dir, tmp_path, later=(hard,), target_gflops_reduction=1.5, epochs=2
+        tiny_model_dir,
+        real_glue_dir,
+        tmp_path,
+        later=(hard,),
+        target_gflops_reduction=1.5,
+        epochs=2,
+        budget_shape=shape,
     )
     baseline = summary["final"]["baseline_gflops"]
     artifact = Path(summary["stages"][1]["artifact"])

@@ -20,10 +20,10 @@ import torch
 from pydantic import Field, model_validator
 
 from compress.accelerator import micro_batch_size, num_processes
-from compress.budget import FlopsBudget, max_reduction
+from compress.budget import FlopsBudget, max_reduction, topk_share
 from compress.errors import UserError
 from compress.evaluate import model_inputs
-from compress.ltp import PrunableModel, PruningSpec
+from compress.ltp import PrunableModel, PruningSpec, geometric_keep_ratios
 from compress.recipe import StageBase
 from compress.stages.base import StageInputs, StageResult
 from compress.stages.common import (
@@ -60,6 +60,9 @@ class LTPSoftConfig(TeacherGuidedConfig):
     budget_rho: float = Field(10.0, gt=0)  # weight of the budget's quadratic term
     budget_rate: float = Field(0.5, gt=0)  # step size of its multiplier's dual ascent
     budget_warmup: float = Field(0.5, ge=0, le=1)  # share of the steps while the target falls to it
+    # total: one constraint on the expected FLOPs; geometric: one per layer, each pruning layer
+    # keeping the same share of the tokens before it (top-k's schedule for the budget, compress.budget)
+    budget_shape: Literal["total", "geometric"] = "total"
     # inputs on which the thresholds are shifted to meet the budget exactly: eval (labels unused) or train
     budget_calibration: Literal["eval", "train"] = "eval"
 
@@ -71,6 +74,8 @@ class LTPSoftConfig(TeacherGuidedConfig):
     def _one_pressure(self):
         if self.target_gflops_reduction is not None and self.lambda_ is not None:
             raise ValueError("set lambda or target_gflops_reduction, not both (the budget replaces lambda)")
+        if self.budget_shape != "total" and self.target_gflops_reduction is None:
+            raise ValueError(f"budget_shape {self.budget_shape} shapes a budget: set target_gflops_reduction")
         return self
 
     def check_order(self, earlier: list[StageBase]) -> None:
@@ -98,7 +103,8 @@ def run(config: LTPSoftConfig, inputs: StageInputs) -> StageResult:
     groups.append({"params": [model.threshold_offsets], "lr": config.threshold_lr, "weight_decay": 0.0})
     budget = None
     if config.target_gflops_reduction:
-        check_reachable(config, model, task_data)
+        lengths = torch.tensor([len(row["input_ids"]) for row in task_data.train])
+        check_reachable(config, model, lengths)
         batch = micro_batch_size(config, num_processes())  # a penalty per loader batch, as train runs it
         steps = math.ceil(len(task_data.train_loader(batch)) * config.epochs)
         budget = FlopsBudget(
@@ -108,6 +114,7 @@ def run(config: LTPSoftConfig, inputs: StageInputs) -> StageResult:
             model.config,
             config.budget_rho,
             config.budget_rate,
+            layer_targets(config, model, lengths),
         )
     teacher = stage_teacher(config, inputs, task_data.task)
     loss_fn = soft_loss(task_data.task.is_regression, config.l1_weight, budget, teacher)
@@ -120,9 +127,9 @@ def run(config: LTPSoftConfig, inputs: StageInputs) -> StageResult:
     return save_stage(inputs, config, model, tokenizer, task_data, evaluation, started, trained, trace=trace)
 
 
-def check_reachable(config: LTPSoftConfig, model: PrunableModel, task_data) -> None:
-    """Refuse a budget that pruning cannot meet on these examples: chasing it collapses to [CLS]."""
-    lengths = torch.tensor([len(row["input_ids"]) for row in task_data.train])
+def check_reachable(config: LTPSoftConfig, model: PrunableModel, lengths: torch.Tensor) -> None:
+    """Refuse a budget that pruning cannot meet on examples of these `lengths`: chasing it
+    collapses to [CLS]."""
     ceiling = max_reduction(model.config, lengths, config.prune_from_layer)
     if config.target_gflops_reduction > REACHABLE * ceiling:
         raise UserError(
@@ -130,6 +137,18 @@ def check_reachable(config: LTPSoftConfig, model: PrunableModel, task_data) -> N
             f"reach on this data: keeping [CLS] alone from layer {config.prune_from_layer} on gives "
             f"{ceiling:.2f}x; ask for at most {REACHABLE * ceiling:.2f}x, or set prune_from_layer: 0"
         )
+
+
+def layer_targets(config: LTPSoftConfig, model: PrunableModel, lengths: torch.Tensor) -> list[float] | None:
+    """The per-layer shares of a geometric budget: top-k's schedule that meets it on `lengths`."""
+    if config.budget_shape == "total":
+        return None
+    start = config.prune_from_layer
+    share = topk_share(model.config, lengths, config.target_gflops_reduction, start)
+    log.info(
+        "%s: the budget's schedule keeps %.3f of the tokens a layer, from layer %d", config.name, share, start
+    )
+    return geometric_keep_ratios(model.num_layers, share, start)
 
 
 def soft_loss(regression: bool, lambda_: float, budget: FlopsBudget | None, teacher: Teacher | None = None):
