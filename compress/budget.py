@@ -46,9 +46,14 @@ def max_reduction(config, lengths: torch.Tensor, prune_from_layer: int) -> float
     layers = config.num_hidden_layers
     n = lengths.double()[:, None].expand(-1, layers)
     pruned = torch.arange(layers) >= prune_from_layer  # layers that keep [CLS] alone
-    kept = torch.where(pruned, torch.ones_like(n), n)
-    entering = torch.cat([n[:, :1], kept[:, :-1]], dim=1)
-    return 1.0 / float(macs_fraction(config, entering, kept))
+    return 1.0 / kept_fraction(config, lengths, torch.where(pruned, torch.ones_like(n), n))
+
+
+def kept_fraction(config, lengths: torch.Tensor, kept: torch.Tensor) -> float:
+    """Encoder MACs relative to unpruned of examples of `lengths` (E,) whose layers keep `kept`
+    (E, L) tokens: each layer takes in what the one before it kept, the first the whole input."""
+    entering = torch.cat([lengths.double()[:, None], kept[:, :-1]], dim=1)
+    return float(macs_fraction(config, entering, kept))
 
 
 class FlopsBudget:
@@ -137,9 +142,9 @@ def topk_fraction(config, lengths: torch.Tensor, ratios: list[float]) -> float:
     """Encoder MACs of top-k with these per-layer keep ratios on examples of `lengths`, relative to
     unpruned; counts as `PrunableModel.hard_keep` keeps them (ceil(ratio * length), at least 1)."""
     n = lengths.double()
-    kept = torch.stack([torch.ceil(ratio * n).clamp_min(1) for ratio in ratios], dim=1)
-    entering = torch.cat([n[:, None], kept[:, :-1]], dim=1)
-    return float(macs_fraction(config, entering, kept))
+    return kept_fraction(
+        config, lengths, torch.stack([torch.ceil(ratio * n).clamp_min(1) for ratio in ratios], dim=1)
+    )
 
 
 def topk_share(config, lengths: torch.Tensor, target_reduction: float, start_layer: int) -> float | None:
