@@ -158,7 +158,7 @@ class Recipe(_Strict):
         raise UserError(f"no stage named {quote(name)} (stages: {clip(names)})")
 
     def named_teacher(self) -> str | None:
-        """The teacher a distill stage names explicitly, if any."""
+        """The teacher named by the first stage that names one (distill or a guided pruning stage)."""
         return next((stage.teacher for stage in self.stages if getattr(stage, "teacher", None)), None)
 
     def until(self, name: str | None) -> list[StageBase]:
