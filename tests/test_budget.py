@@ -12,7 +12,7 @@ from compress.errors import UserError
 from compress.flops import cost_from_config, macs_fraction
 from compress.ltp import PrunableModel, PruningSpec, geometric_keep_ratios
 from compress.recipe import dump_recipe, parse_recipe
-from tests.test_ltp import batch_with_mixed_lengths, soft_stage_run, tiny_model
+from tests.test_ltp import batch_with_mixed_lengths, soft_stage_run, tiny_model, tiny_stages_run
 
 
 def test_macs_fraction_is_the_cost_ratio_of_hard_counts():
@@ -272,3 +272,18 @@ def test_a_topk_budget_out_of_reach_or_with_a_ratio_is_refused():
     }
     with pytest.raises(UserError, match="set final_keep_ratio or target_gflops_reduction, not both"):
         parse_recipe(raw, "t.yaml")
+
+
+def test_a_topk_stage_meets_its_budget_on_the_dev_inputs(tmp_path, tiny_model_dir, real_glue_dir):
+    topk = {"name": "topk", "kind": "topk", "epochs": 1, "batch_size": 16, "start_layer": 0}
+    summary = tiny_stages_run(
+        tiny_model_dir, real_glue_dir, tmp_path, [{**topk, "target_gflops_reduction": 1.5}]
+    )
+    reached = summary["final"]["baseline_gflops"] / summary["stages"][0]["gflops"]
+    assert 1.5 <= reached <= 1.5 * 1.1
+    with pytest.raises(
+        UserError, match=r"topk.target_gflops_reduction: 50x is out of reach .* or start_layer$"
+    ):
+        tiny_stages_run(
+            tiny_model_dir, real_glue_dir, tmp_path / "far", [{**topk, "target_gflops_reduction": 50}]
+        )

@@ -208,6 +208,12 @@ def test_flops_of_a_pruned_run_are_the_mean_over_recorded_counts():
 def soft_stage_run(model_dir, glue_dir, out, later: tuple[dict, ...] = (), **settings):
     """A recipe of ltp_soft with `settings` (one step an epoch), then the `later` stages, on a
     3-layer copy of the tiny model; its summary."""
+    stage = {"name": "soft", "kind": "ltp_soft", "batch_size": 16, **settings}
+    return tiny_stages_run(model_dir, glue_dir, out, [stage, *later])
+
+
+def tiny_stages_run(model_dir, glue_dir, out, stages: list[dict]):
+    """A recipe of `stages` on a 3-layer copy of the tiny model, 16 SST-2 examples; its summary."""
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     from compress.pipeline import run_pipeline
@@ -218,8 +224,7 @@ def soft_stage_run(model_dir, glue_dir, out, later: tuple[dict, ...] = (), **set
         out / "model"
     )
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(out / "model")
-    stage = {"name": "soft", "kind": "ltp_soft", "batch_size": 16, **settings}
-    recipe = {"name": "tiny_soft", "model": str(out / "model"), "task": "sst2", "stages": [stage, *later]}
+    recipe = {"name": "tiny_soft", "model": str(out / "model"), "task": "sst2", "stages": stages}
     recipe["data"] = {"dir": str(glue_dir), "max_train_samples": 16, "max_eval_samples": 16}
     return run_pipeline(parse_recipe(recipe, "tiny_soft"), out / "run")
 

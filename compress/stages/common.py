@@ -11,12 +11,13 @@ import torch.nn.functional as F
 
 from compress.accelerator import is_main_process, wait_for_everyone
 from compress.artifacts import RESULT_FILE, atomic_directory, save_model, write_json
-from compress.budget import calibrate, hard_fraction
+from compress.budget import calibrate, hard_fraction, topk_share
 from compress.data.batching import make_loader
 from compress.data.task_data import TaskData, prepare_data
+from compress.errors import UserError
 from compress.evaluate import EvalResult, evaluate, model_inputs
 from compress.flops import FP32, Precision
-from compress.ltp import Mode, PrunableModel
+from compress.ltp import Mode, PrunableModel, geometric_keep_ratios
 from compress.models import load_model, load_tokenizer
 from compress.recipe import dump_recipe
 from compress.stages.base import StageInputs, StageResult
@@ -184,3 +185,20 @@ def train_model(
         description=config.name,
         mixed_precision=mixed_precision,
     )
+
+
+def geometric_budget_ratios(config, start_key: str, model_config, task_data) -> list[float]:
+    """Top-k's keep ratios for the stage's FLOPs budget: from the layer its `start_key` names on,
+    each layer keeps the share of the tokens before it that meets the budget on the first eval
+    split's lengths (labels unused, as the budget is stated on the dev set)."""
+    target, start_layer = config.target_gflops_reduction, getattr(config, start_key)
+    rows = next(iter(task_data.evals.values()))
+    lengths = torch.tensor([len(row["input_ids"]) for row in rows])
+    share = topk_share(model_config, lengths, target, start_layer)
+    if share is None:
+        raise UserError(
+            f"stages.{config.name}.target_gflops_reduction: {target:g}x is out of reach on this data: "
+            f"keeping [CLS] alone from layer {start_layer} on does not reach it; lower it or {start_key}"
+        )
+    log.info("%s: each layer from %d on keeps %.3f of the tokens before it", config.name, start_layer, share)
+    return geometric_keep_ratios(model_config.num_hidden_layers, share, start_layer)

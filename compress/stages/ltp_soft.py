@@ -2,8 +2,9 @@
 
 The pressure is either LTP's L1 term, lambda * sum over layers of the mean soft mask, or a
 FLOPs budget (`target_gflops_reduction`, `compress.budget`): a Lagrangian on the expected FLOPs
-that drives the thresholds to the stated reduction, then a common shift of the thresholds that
-meets it exactly on calibration inputs. The thresholds have their own AdamW group
+that drives the thresholds to the stated reduction (as one FLOPs total, or per layer along
+top-k's geometric schedule: `budget_shape`), then a common shift of the thresholds that meets it
+exactly on calibration inputs. The thresholds have their own AdamW group
 (no weight decay). With `distill_alpha` the teacher's logits guide the task loss
 (compress.stages.teacher). Evaluation prunes for real; the last checkpoint is kept (the best-scoring
 one would be the one that prunes least).
@@ -20,13 +21,14 @@ import torch
 from pydantic import Field, model_validator
 
 from compress.accelerator import micro_batch_size, num_processes
-from compress.budget import FlopsBudget, max_reduction, topk_share
+from compress.budget import FlopsBudget, max_reduction
 from compress.errors import UserError
 from compress.evaluate import model_inputs
-from compress.ltp import PrunableModel, PruningSpec, geometric_keep_ratios
+from compress.ltp import PrunableModel, PruningSpec
 from compress.recipe import StageBase
 from compress.stages.base import StageInputs, StageResult
 from compress.stages.common import (
+    geometric_budget_ratios,
     keep_budget,
     load_inputs,
     save_stage,
@@ -103,8 +105,10 @@ def run(config: LTPSoftConfig, inputs: StageInputs) -> StageResult:
     groups.append({"params": [model.threshold_offsets], "lr": config.threshold_lr, "weight_decay": 0.0})
     budget = None
     if config.target_gflops_reduction:
-        lengths = torch.tensor([len(row["input_ids"]) for row in task_data.train])
-        check_reachable(config, model, lengths)
+        check_reachable(config, model, task_data)
+        targets = None  # total: one FLOPs constraint; geometric: top-k's schedule, layer by layer
+        if config.budget_shape == "geometric":
+            targets = geometric_budget_ratios(config, "prune_from_layer", model.config, task_data)
         batch = micro_batch_size(config, num_processes())  # a penalty per loader batch, as train runs it
         steps = math.ceil(len(task_data.train_loader(batch)) * config.epochs)
         budget = FlopsBudget(
@@ -114,7 +118,7 @@ def run(config: LTPSoftConfig, inputs: StageInputs) -> StageResult:
             model.config,
             config.budget_rho,
             config.budget_rate,
-            layer_targets(config, model, lengths),
+            layer_targets=targets,
         )
     teacher = stage_teacher(config, inputs, task_data.task)
     loss_fn = soft_loss(task_data.task.is_regression, config.l1_weight, budget, teacher)
@@ -127,9 +131,9 @@ def run(config: LTPSoftConfig, inputs: StageInputs) -> StageResult:
     return save_stage(inputs, config, model, tokenizer, task_data, evaluation, started, trained, trace=trace)
 
 
-def check_reachable(config: LTPSoftConfig, model: PrunableModel, lengths: torch.Tensor) -> None:
-    """Refuse a budget that pruning cannot meet on examples of these `lengths`: chasing it
-    collapses to [CLS]."""
+def check_reachable(config: LTPSoftConfig, model: PrunableModel, task_data) -> None:
+    """Refuse a budget that pruning cannot meet on these examples: chasing it collapses to [CLS]."""
+    lengths = torch.tensor([len(row["input_ids"]) for row in task_data.train])
     ceiling = max_reduction(model.config, lengths, config.prune_from_layer)
     if config.target_gflops_reduction > REACHABLE * ceiling:
         raise UserError(
@@ -137,18 +141,6 @@ def check_reachable(config: LTPSoftConfig, model: PrunableModel, lengths: torch.
             f"reach on this data: keeping [CLS] alone from layer {config.prune_from_layer} on gives "
             f"{ceiling:.2f}x; ask for at most {REACHABLE * ceiling:.2f}x, or set prune_from_layer: 0"
         )
-
-
-def layer_targets(config: LTPSoftConfig, model: PrunableModel, lengths: torch.Tensor) -> list[float] | None:
-    """The per-layer shares of a geometric budget: top-k's schedule that meets it on `lengths`."""
-    if config.budget_shape == "total":
-        return None
-    start = config.prune_from_layer
-    share = topk_share(model.config, lengths, config.target_gflops_reduction, start)
-    log.info(
-        "%s: the budget's schedule keeps %.3f of the tokens a layer, from layer %d", config.name, share, start
-    )
-    return geometric_keep_ratios(model.num_layers, share, start)
 
 
 def soft_loss(regression: bool, lambda_: float, budget: FlopsBudget | None, teacher: Teacher | None = None):

@@ -14,14 +14,11 @@ import logging
 import time
 from typing import Literal
 
-import torch
 from pydantic import Field, model_validator
 
-from compress.budget import topk_share
-from compress.errors import UserError
-from compress.ltp import PruningSpec, geometric_keep_ratios, linear_keep_ratios
+from compress.ltp import PruningSpec, linear_keep_ratios
 from compress.stages.base import StageInputs, StageResult
-from compress.stages.common import load_inputs, train_and_save
+from compress.stages.common import geometric_budget_ratios, load_inputs, train_and_save
 from compress.stages.teacher import TeacherGuidedConfig, stage_teacher
 
 log = logging.getLogger(__name__)
@@ -50,26 +47,9 @@ def run(config: TopKConfig, inputs: StageInputs) -> StageResult:
     started = time.perf_counter()
     model, tokenizer, task_data = load_inputs(inputs)
     if config.target_gflops_reduction:
-        ratios = budget_ratios(config, model.config, task_data)
+        ratios = geometric_budget_ratios(config, "start_layer", model.config, task_data)
     else:
         ratios = linear_keep_ratios(model.num_layers, config.final_keep_ratio, config.start_layer)
     model.spec = PruningSpec(method="topk", max_length=inputs.recipe.data.max_seq_length, keep_ratios=ratios)
     teacher = stage_teacher(config, inputs, task_data.task)
     return train_and_save(config, inputs, model, tokenizer, task_data, started, teacher=teacher)
-
-
-def budget_ratios(config: TopKConfig, model_config, task_data) -> list[float]:
-    """The geometric keep ratios that meet the budget on the first eval split's lengths."""
-    rows = next(iter(task_data.evals.values()))
-    lengths = torch.tensor([len(row["input_ids"]) for row in rows])
-    share = topk_share(model_config, lengths, config.target_gflops_reduction, config.start_layer)
-    if share is None:
-        raise UserError(
-            f"stages.{config.name}.target_gflops_reduction: {config.target_gflops_reduction:g}x is out of "
-            f"reach on this data: keeping [CLS] alone from layer {config.start_layer} on does not reach it; "
-            "lower it or start_layer"
-        )
-    log.info(
-        "%s: each layer from %d on keeps %.3f of the tokens before it", config.name, config.start_layer, share
-    )
-    return geometric_keep_ratios(model_config.num_hidden_layers, share, config.start_layer)
