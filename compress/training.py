@@ -113,7 +113,7 @@ def train(
             disable=not (show_progress() and accelerator.is_local_main_process),
         )
         losses, started = [], time.perf_counter()
-        for batch in loader:
+        for index, batch in enumerate(loader):
             if batches >= total_batches:
                 break
             with accelerator.accumulate(wrapped), accelerator.autocast():
@@ -140,7 +140,7 @@ def train(
             )
             bar.update()
             due = stepped and settings.eval_steps and step % settings.eval_steps == 0
-            if due and batches < total_batches:
+            if due and batches < total_batches and index + 1 < len(loader):
                 paused = time.perf_counter()  # mid-epoch; the epoch's end evaluates anyway
                 checkpoint(epoch, losses, seconds + paused - started)
                 wrapped.train()

@@ -177,20 +177,24 @@ def test_a_budgeted_soft_stage_records_its_trajectory(tmp_path, tiny_model_dir, 
 
 @pytest.mark.parametrize("shape", ["total", "geometric"])
 def test_the_hard_stage_ends_on_the_budget_the_soft_stage_was_given(
-    shape, tmp_path, tiny_model_dir, real_glue_dir
+    shape, tmp_path, tiny_model_dir, real_glue_dir, caplog
 ):
     """Fine-tuning moves the importance scores; the hard stage shifts its thresholds back onto the
-    budget that pruning.json carries, and reports the model it saved."""
-    hard = {"name": "hard", "kind": "ltp_hard", "epochs": 2, "batch_size": 16, "lr": 1e-3}
-    summary = soft_stage_run(
-        tiny_model_dir,
-        real_glue_dir,
-        tmp_path,
-        later=(hard,),
-        target_gflops_reduction=1.5,
-        epochs=2,
-        budget_shape=shape,
-    )
+    budget that pruning.json carries before every evaluation, and reports the model it saved."""
+    hard = {"name": "hard", "kind": "ltp_hard", "epochs": 2, "batch_size": 8, "lr": 1e-3, "eval_steps": 1}
+    with caplog.at_level("INFO", logger="compress.stages.common"):
+        summary = soft_stage_run(
+            tiny_model_dir,
+            real_glue_dir,
+            tmp_path,
+            later=(hard,),
+            target_gflops_reduction=1.5,
+            epochs=2,
+            budget_shape=shape,
+        )
+    shifts = [r for r in caplog.records if r.getMessage().startswith("hard: thresholds shifted")]
+    history = read_result(Path(summary["stages"][1]["artifact"]))["history"]
+    assert len(shifts) == len(history) == 4  # 2 steps an epoch, 2 epochs: each evaluation on budget
     baseline = summary["final"]["baseline_gflops"]
     artifact = Path(summary["stages"][1]["artifact"])
     spec = PruningSpec.load(artifact)

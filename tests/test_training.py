@@ -130,6 +130,12 @@ def test_eval_steps_evaluates_mid_epoch_too_and_keeps_the_best_of_all(
         assert torch.equal(value, states[2][key]), key
 
 
+def test_an_eval_step_at_an_epochs_end_evaluates_once(tmp_path, tiny_model_dir, real_glue_dir):
+    recipe = tiny_recipe(tiny_model_dir, real_glue_dir, epochs=2, lr=1e-3, eval_steps=3)  # 3 steps an epoch
+    _, result, _ = train_with_scripted_scores(recipe, tmp_path, tiny_model_dir, [0.5, 0.6])
+    assert [(row["epoch"], row["step"]) for row in result.history] == [(1, 3), (2, 6)]
+
+
 def test_ltp_hard_takes_thresholds_from_an_artifact_and_keeps_them_frozen(
     tmp_path, tiny_model_dir, real_glue_dir
 ):

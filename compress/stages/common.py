@@ -87,13 +87,23 @@ def calibrate_budget(stage_name: str, model: PrunableModel, task_data: TaskData,
 
 def keep_budget(config, model: PrunableModel, task_data: TaskData, evaluation: EvalResult) -> EvalResult:
     """After training under a FLOPs budget (the model's pruning spec names one), the thresholds
-    shifted onto it, and the model evaluated again; else `evaluation` as it is. Training moves the
-    importance scores (the soft stage's expected counts are not hard ones; later stages change the
-    weights), so every stage that trains a budgeted model ends on the budget."""
+    shifted onto it, and the model evaluated again; else `evaluation` as it is. For the stages
+    whose evaluated model is not the one they save on the budget: the soft stage (its expected
+    counts are not hard ones) and distillation with QAT (its fake quantisers are removed)."""
     if model.spec is None or model.spec.target_gflops_reduction is None:
         return evaluation
     calibrate_budget(config.name, model, task_data, config.eval_batch_size)
     return evaluator(task_data, config.eval_batch_size, "drop")(model)
+
+
+def on_budget(stage_name: str, task_data: TaskData, batch_size: int, evaluate_fn):
+    """`evaluate_fn` after shifting the thresholds onto the spec's budget (`calibrate_budget`)."""
+
+    def evaluate_on_budget(model: PrunableModel, accelerator=None) -> EvalResult:
+        calibrate_budget(stage_name, model, task_data, batch_size)
+        return evaluate_fn(model, accelerator)
+
+    return evaluate_on_budget
 
 
 def evaluator(task_data: TaskData, batch_size: int, mode: Mode):
@@ -172,13 +182,19 @@ def train_model(
 ) -> TrainResult:
     """Train with the stage's settings; evaluation drops tokens when the model prunes.
 
-    The loss is the task loss in `train_mode` unless the stage builds its own `loss_fn`."""
+    The loss is the task loss in `train_mode` unless the stage builds its own `loss_fn`. A model
+    under a FLOPs budget that keeps its best checkpoint has its thresholds shifted onto the budget
+    before every evaluation: the new weights move the scores, so without it the model would train,
+    and be chosen, at another reduction than the one it ends on."""
     eval_mode = "off" if model.spec is None else "drop"
+    evaluate_dev = evaluator(task_data, config.eval_batch_size, eval_mode)
+    if keep == "best" and model.spec is not None and model.spec.target_gflops_reduction is not None:
+        evaluate_dev = on_budget(config.name, task_data, config.eval_batch_size, evaluate_dev)
     return train(
         model,
         task_data.train_loader,
         loss_fn or supervised_loss(task_data.task.is_regression, train_mode),
-        evaluator(task_data, config.eval_batch_size, eval_mode),
+        evaluate_dev,
         groups if groups is not None else weight_groups(model, config.weight_decay),
         config,
         keep=keep,

@@ -2,7 +2,8 @@
 
 No L1 term; with `distill_alpha` the teacher's logits guide it (compress.stages.teacher).
 The best dev evaluation is kept. When the soft stage had a FLOPs budget (pruning.json keeps it),
-the thresholds are shifted back onto it after fine-tuning, whose new weights move the scores.
+the thresholds are shifted back onto it before every evaluation (fine-tuning's new weights move
+the scores), so the model trains at the budget and the checkpoint kept is on it.
 The artifact carries the thresholds (pruning.json), so every later stage and `cli.py pull` get
 a model that prunes.
 """
@@ -20,7 +21,7 @@ from compress.ltp import PRUNING_FILE, PrunableModel, PruningSpec
 from compress.paths import user_path
 from compress.recipe import StageBase
 from compress.stages.base import StageInputs, StageResult
-from compress.stages.common import keep_budget, load_inputs, save_stage, supervised_loss, train_model
+from compress.stages.common import load_inputs, save_stage, supervised_loss, train_model
 from compress.stages.teacher import TeacherGuidedConfig, stage_teacher
 
 
@@ -63,5 +64,4 @@ def run(config: LTPHardConfig, inputs: StageInputs) -> StageResult:
     )
     precision = inputs.recipe.mixed_precision
     trained = train_model(config, model, task_data, loss_fn=loss_fn, mixed_precision=precision)
-    evaluation = keep_budget(config, model, task_data, trained.best)
-    return save_stage(inputs, config, model, tokenizer, task_data, evaluation, started, trained)
+    return save_stage(inputs, config, model, tokenizer, task_data, trained.best, started, trained)
