@@ -49,10 +49,9 @@ def test_the_multiplier_ascends_on_the_gap():
     assert float(penalty.detach()) == pytest.approx(0.25 * 0.5 + 2.0 * 0.25)
 
 
-@pytest.mark.parametrize(("reduction", "first_layer"), [(1.5, 1), (2.5, 0)])
-def test_the_controller_drives_soft_thresholds_to_the_budget(reduction, first_layer):
-    """Thresholds and multipliers alone (weights frozen, no task loss), one batch: the soft masks'
-    expected FLOPs settle on the target, and the hard mask's real FLOPs land near it."""
+def train_thresholds_alone(first_layer: int, make_budget, steps: int = 400):
+    """Thresholds and multipliers alone (weights frozen, no task loss) on one batch of mixed
+    lengths: the model, the budget, the batch and the constrained values of every step."""
     hf = tiny_model("bert")
     for param in hf.parameters():
         param.requires_grad_(False)
@@ -60,48 +59,42 @@ def test_the_controller_drives_soft_thresholds_to_the_budget(reduction, first_la
     spec = PruningSpec(final_threshold=0.0, max_length=16, temperature=5e-3, prune_from_layer=first_layer)
     model = PrunableModel(hf, spec).train()
     model.threshold_offsets.requires_grad_(True)
-    budget = FlopsBudget(reduction, total_steps=400, warmup=0.25, config=hf.config, rho=10.0, rate=0.1)
+    budget = make_budget(hf.config)
     optimizer = torch.optim.AdamW([model.threshold_offsets], lr=2e-3, weight_decay=0.0)
-    for _ in range(400):
+    values = []
+    for _ in range(steps):
         out = model(ids, mask, mode="soft")
         penalty, _ = budget.penalty(out.tokens_in, out.tokens_kept)
         optimizer.zero_grad()
         penalty.backward()
         optimizer.step()
+        values.append(budget.constrained(out.tokens_in, out.tokens_kept).detach())
+    return model.eval(), budget, (ids, mask), values
+
+
+@pytest.mark.parametrize(("reduction", "first_layer"), [(1.5, 1), (2.5, 0)])
+def test_the_controller_drives_soft_thresholds_to_the_budget(reduction, first_layer):
+    """The soft masks' expected FLOPs settle on the target, and the hard mask's real FLOPs land near it."""
+    model, budget, batch, _ = train_thresholds_alone(
+        first_layer, lambda config: FlopsBudget(reduction, 400, 0.25, config, rho=10.0, rate=0.1)
+    )
     settled = [point["fraction"] for point in budget.trace[-50:]]
     assert sum(settled) / len(settled) == pytest.approx(1 / reduction, rel=0.05)
-    model.eval()
     with torch.no_grad():
-        hard = model(ids, mask, mode="drop")
-    assert float(macs_fraction(hf.config, hard.tokens_in, hard.tokens_kept)) == pytest.approx(
+        hard = model(*batch, mode="drop")
+    assert float(macs_fraction(model.config, hard.tokens_in, hard.tokens_kept)) == pytest.approx(
         1 / reduction, rel=0.1
     )
 
 
 def test_a_geometric_budget_drives_each_layer_to_its_share():
-    """One constraint per layer: thresholds alone (weights frozen, no task loss), one batch; each
-    pruning layer's expected survivors settle on its share of the tokens, unlike the FLOPs total
-    alone, which is met by one layer pruning nearly everything."""
-    hf = tiny_model("bert")
-    for param in hf.parameters():
-        param.requires_grad_(False)
-    ids, mask = batch_with_mixed_lengths(lengths=(16, 14, 12, 16, 10, 15))
+    """One constraint per layer: each pruning layer's expected survivors settle on its share of the
+    tokens, where the FLOPs total alone is met by one layer pruning nearly everything."""
     targets = geometric_keep_ratios(3, 0.7, 0)  # 0.7, 0.49, 0.343
-    spec = PruningSpec(final_threshold=0.0, max_length=16, temperature=5e-3, prune_from_layer=0)
-    model = PrunableModel(hf, spec).train()
-    model.threshold_offsets.requires_grad_(True)
-    budget = FlopsBudget(2.0, 400, 0.25, hf.config, rho=10.0, rate=0.1, layer_targets=targets)
-    optimizer = torch.optim.AdamW([model.threshold_offsets], lr=2e-3, weight_decay=0.0)
-    shares = []
-    for _ in range(400):
-        out = model(ids, mask, mode="soft")
-        penalty, _ = budget.penalty(out.tokens_in, out.tokens_kept)
-        optimizer.zero_grad()
-        penalty.backward()
-        optimizer.step()
-        shares.append(budget.constrained(out.tokens_in, out.tokens_kept).detach())
-    settled = torch.stack(shares[-50:]).mean(dim=0)
-    assert settled.tolist() == pytest.approx(targets, rel=0.05)
+    _, budget, _, shares = train_thresholds_alone(
+        0, lambda config: FlopsBudget(2.0, 400, 0.25, config, rho=10.0, rate=0.1, layer_targets=targets)
+    )
+    assert torch.stack(shares[-50:]).mean(dim=0).tolist() == pytest.approx(targets, rel=0.05)
     assert budget.multiplier.shape == (3,) and budget.trace[-1]["target"] == 0.5
 
 
