@@ -78,7 +78,8 @@ def run(config: DistillConfig, inputs: StageInputs) -> StageResult:
     trained = train_model(
         config, student, task_data, loss_fn=loss_fn, mixed_precision=inputs.recipe.mixed_precision
     )
-    if config.qat:
+    evaluation = trained.best  # on the budget when there is one (train_model evaluates there)
+    if config.qat:  # the saved float model is not the one evaluated: shift it onto the budget again
         remove_fake_quantizers(student.hf_model)
-    evaluation = keep_budget(config, student, task_data, trained.best)
+        evaluation = keep_budget(config, student, task_data, trained.best)
     return save_stage(inputs, config, student, tokenizer, task_data, evaluation, started, trained)
