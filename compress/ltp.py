@@ -17,7 +17,7 @@ Four forward modes:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -99,12 +99,23 @@ def geometric_keep_ratios(num_layers: int, share: float, start_layer: int) -> li
 
 
 @dataclass
+class LayerImportance:
+    """One layer's token importance scores, for ranking distillation (`forward(importance=True)`)."""
+
+    score: torch.Tensor  # (B, k) s of the tokens in the layer's tensors, fp32
+    positions: torch.Tensor  # (B, k) long: each token's position in the input
+    live: torch.Tensor  # (B, k) bool: the tokens the layer ranked (not padding, not pruned before)
+
+
+@dataclass
 class PrunedOutput:
     logits: torch.Tensor  # (B, C)
     tokens_in: torch.Tensor  # (B, L) tokens entering each layer (soft mode: expected, differentiable)
     tokens_kept: torch.Tensor  # (B, L) tokens surviving each layer's pruning (soft mode: expected)
     kept_fraction: torch.Tensor  # () sum over layers of the mean (soft) mask: LTP's L1 term
     cls_hidden: torch.Tensor  # (B, d) final hidden state of [CLS], for hidden-state distillation
+    # with importance=True: each pruning layer's scores (an unpruned model: its last layer's)
+    importance: list[LayerImportance] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,6 +173,11 @@ def _key_bias(weight: torch.Tensor) -> torch.Tensor:
     return torch.where(weight > 0, log_weight, torch.finfo(log_weight.dtype).min)
 
 
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """(B, n) long: each token's position in the input."""
+    return torch.arange(mask.shape[1], device=mask.device).expand(mask.shape)
+
+
 def _hard_key_bias(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Additive attention bias of hard validity (B, n) bool: 0 for live keys, the dtype's minimum else."""
     return torch.where(valid, 0.0, torch.finfo(dtype).min).to(dtype)
@@ -188,6 +204,15 @@ def _finish_kept(layer: nn.Module, keep: torch.Tensor, context: torch.Tensor, re
     packed = finish_layer(layer, *(t.flatten(0, 1).index_select(0, source) for t in (context, residual)))
     padded = packed.new_zeros(batch * longest, packed.shape[-1]).index_copy(0, target, packed)
     return padded.unflatten(0, (batch, longest)), valid
+
+
+def _repack(keep: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """(B, n) values of the kept tokens in `_finish_kept`'s re-padded layout (B, K), 0 where padded."""
+    counts = keep.sum(dim=1)
+    valid = torch.arange(int(counts.max()), device=keep.device)[None, :] < counts[:, None]
+    packed = values.new_zeros(valid.shape)
+    packed[valid] = values[keep]  # both row-major: each row's kept tokens in order
+    return packed
 
 
 # ----------------------------------------------------------------------------------------------
@@ -240,16 +265,19 @@ class PrunableModel(nn.Module):
         self.spec.threshold_offsets = [float(x) for x in self.threshold_offsets.detach().cpu()]
         return self.spec
 
-    def forward(self, input_ids, attention_mask, token_type_ids=None, mode: Mode = "drop") -> PrunedOutput:
+    def forward(
+        self, input_ids, attention_mask, token_type_ids=None, mode: Mode = "drop", importance: bool = False
+    ) -> PrunedOutput:
+        """`importance`: also return the token importance scores (`PrunedOutput.importance`)."""
         if self.spec is None or mode == "off":
-            return self._forward_unpruned(input_ids, attention_mask, token_type_ids)
+            return self._forward_unpruned(input_ids, attention_mask, token_type_ids, importance)
         embeddings = self.hf_model.base_model.embeddings
         h = embeddings(input_ids=input_ids, token_type_ids=token_type_ids)  # (B, n, d)
         if mode == "soft":
-            return self._forward_soft(h, attention_mask)
-        return self._forward_hard(h, attention_mask.bool(), drop=mode == "drop")
+            return self._forward_soft(h, attention_mask, importance)
+        return self._forward_hard(h, attention_mask.bool(), mode == "drop", importance)
 
-    def _forward_soft(self, h: torch.Tensor, attention_mask: torch.Tensor) -> PrunedOutput:
+    def _forward_soft(self, h: torch.Tensor, attention_mask: torch.Tensor, importance: bool) -> PrunedOutput:
         """Every token stays in the tensors, weighted by its soft mask (LTP's soft stage).
 
         "cumulative": a token's weight is the product of its masks so far; it weights the token's
@@ -261,13 +289,17 @@ class PrunableModel(nn.Module):
         live = survive = padding  # the layer's token weights; expected survival so far
         denominator = padding.numel() if independent else attention_mask.sum()
         theta = self.thresholds().to(h.device)
+        positions = _positions(attention_mask)
         tokens_in, tokens_kept, kept_fraction = [], [], h.new_zeros((), dtype=torch.float32)
+        scores = []
         for index, layer in enumerate(self.hf_model.base_model.encoder.layer):
             tokens_in.append(survive.sum(dim=1))
             weight = padding if independent else live
             context, probs = _self_attention(layer, h, _key_bias(weight), self.training, self.int8_attention)
             if self._prunes(index):  # as in the hard modes: a layer without a threshold keeps every token
                 score = token_importance(probs, weight, self.spec.max_length)  # (B, n)
+                if importance:
+                    scores.append(LayerImportance(score, positions, attention_mask.bool()))
                 mask = self._soft_mask(score, theta[index])
                 live, survive = mask * weight, mask * survive
             h = finish_layer(layer, context, h) * live[..., None]
@@ -279,22 +311,30 @@ class PrunableModel(nn.Module):
             tokens_kept=torch.stack(tokens_kept, dim=1),
             kept_fraction=kept_fraction,
             cls_hidden=h[:, 0],
+            importance=scores,
         )
 
-    def _forward_hard(self, h: torch.Tensor, valid: torch.Tensor, drop: bool) -> PrunedOutput:
+    def _forward_hard(
+        self, h: torch.Tensor, valid: torch.Tensor, drop: bool, importance: bool
+    ) -> PrunedOutput:
         """0/1 keep decisions; `drop`: pruned tokens leave the tensors, else their keys are masked.
         A layer that cannot prune (LTP's layer 0, a top-k ratio of 1) skips the importance scores."""
         lengths = valid.sum(dim=1)  # (B,)
         theta = self.thresholds().to(h.device)
-        tokens_kept = []
+        positions = _positions(valid) if importance else None
+        tokens_kept, scores = [], []
         for index, layer in enumerate(self.hf_model.base_model.encoder.layer):
             key_bias = _hard_key_bias(valid, h.dtype)
             context, probs = _self_attention(layer, h, key_bias, self.training, self.int8_attention)
             prunes = self._prunes(index)
             if prunes:
                 score = token_importance(probs, valid.to(h.dtype), self.spec.max_length)  # (B, n)
+                if importance:
+                    scores.append(LayerImportance(score, positions, valid))
                 valid = self.hard_keep(score, valid, index, theta[index], lengths)  # (B, n) bool
             if prunes and drop:
+                if importance:
+                    positions = _repack(valid, positions)
                 h, valid = _finish_kept(layer, valid, context, h)
             else:
                 h = finish_layer(layer, context, h)
@@ -306,6 +346,7 @@ class PrunableModel(nn.Module):
             tokens_kept=kept,
             kept_fraction=(kept.sum() / lengths.sum()).float(),
             cls_hidden=h[:, 0],
+            importance=scores,
         )
 
     def _prunes(self, index: int) -> bool:
@@ -340,10 +381,23 @@ class PrunableModel(nn.Module):
         pooled = model.base_model.pooler(h)
         return model.classifier(model.dropout(pooled))
 
-    def _forward_unpruned(self, input_ids, attention_mask, token_type_ids) -> PrunedOutput:
+    def _forward_unpruned(self, input_ids, attention_mask, token_type_ids, importance: bool) -> PrunedOutput:
         kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         out = self.hf_model(
             input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, **kwargs
         )
         counts = attention_mask.sum(dim=1, keepdim=True).expand(-1, self.num_layers)
-        return PrunedOutput(out.logits, counts, counts, out.logits.new_zeros(()), out.hidden_states[-1][:, 0])
+        scores = []
+        if importance:
+            scores.append(self._last_layer_importance(out.hidden_states[-2], attention_mask.bool()))
+        return PrunedOutput(
+            out.logits, counts, counts, out.logits.new_zeros(()), out.hidden_states[-1][:, 0], scores
+        )
+
+    def _last_layer_importance(self, h: torch.Tensor, valid: torch.Tensor) -> LayerImportance:
+        """The last layer's scores over every token (its attention recomputed on its input `h`): the
+        ranking ToP distils into the pruned model's layers."""
+        layer = self.hf_model.base_model.encoder.layer[-1]
+        _, probs = _self_attention(layer, h, _hard_key_bias(valid, h.dtype), False)
+        score = token_importance(probs, valid.to(h.dtype), valid.shape[1])
+        return LayerImportance(score, _positions(valid), valid)

@@ -81,6 +81,38 @@ def test_dropping_equals_masking_with_mixed_kept_counts(kind):
     assert (dropped.tokens_kept >= 1).all(), "[CLS] is always kept"
 
 
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+def test_dropped_importance_maps_each_token_back_to_its_input_position(kind):
+    """Ranking distillation reads each pruning layer's scores by input position: with tokens
+    dropped they are the masked forward's scores at the positions still live."""
+    hf = tiny_model(kind)
+    ids, mask = batch_with_mixed_lengths(pad_id=hf.config.pad_token_id)
+    model = PrunableModel(hf, PruningSpec(**PRUNING)).eval()
+    with torch.no_grad():
+        masked = model(ids, mask, mode="mask", importance=True).importance
+        dropped = model(ids, mask, mode="drop", importance=True).importance
+    assert len(dropped) == len(masked) == 2  # layers 1 and 2 prune
+    assert (dropped[1].live.sum(dim=1) < mask.sum(dim=1)).any()  # layer 2 ranks what layer 1 kept
+    for drop, full in zip(dropped, masked, strict=True):
+        assert torch.equal(drop.live.sum(dim=1), full.live.sum(dim=1))
+        assert full.live.gather(1, drop.positions)[drop.live].all()
+        expected = full.score.gather(1, drop.positions)
+        torch.testing.assert_close(drop.score[drop.live], expected[drop.live], atol=1e-6, rtol=1e-4)
+    assert model(ids, mask, mode="drop").importance == []  # only when asked for
+
+
+def test_an_unpruned_models_importance_is_its_last_layers_attention_received():
+    hf = tiny_model("bert")
+    ids, mask = batch_with_mixed_lengths()
+    with torch.no_grad():
+        (last,) = PrunableModel(hf).eval()(ids, mask, mode="off", importance=True).importance
+        attentions = hf(input_ids=ids, attention_mask=mask, output_attentions=True).attentions[-1]
+    torch.testing.assert_close(
+        last.score, token_importance(attentions, mask, mask.shape[1]), atol=1e-6, rtol=1e-5
+    )
+    assert torch.equal(last.live, mask.bool()) and torch.equal(last.positions[1], torch.arange(mask.shape[1]))
+
+
 def test_dropping_trains_like_masking():
     """The packed per-token layers pass the same gradients back as the masked forward (no dropout)."""
     grads = {}

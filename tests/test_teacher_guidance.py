@@ -5,13 +5,13 @@ import torch
 
 from compress.errors import UserError
 from compress.evaluate import model_inputs
-from compress.ltp import PruningSpec
+from compress.ltp import LayerImportance, PruningSpec
 from compress.pipeline import plan, run_or_reuse
 from compress.recipe import parse_recipe
 from compress.stages import StageInputs
 from compress.stages.common import load_inputs, supervised_loss, task_loss
 from compress.stages.ltp_soft import soft_loss
-from compress.stages.teacher import Teacher, kd_loss
+from compress.stages.teacher import Teacher, kd_loss, rank_loss
 
 
 def recipe_with(model, glue, stages):
@@ -60,12 +60,64 @@ def test_the_soft_loss_takes_the_teacher_beside_its_pruning_pressure(tmp_path, t
     assert "kd" in logs and float(guided) == pytest.approx(float(expected), rel=1e-5)
 
 
+def test_the_rank_loss_is_the_kl_of_the_normalised_scores_of_the_ranked_tokens():
+    teacher = LayerImportance(
+        torch.tensor([[0.5, 0.3, 0.1, 0.1, 0.0]]),
+        torch.arange(5)[None],
+        torch.tensor([[1, 1, 1, 1, 0]]).bool(),
+    )
+    # a layer after position 2 was dropped: positions 0, 1, 3 and padding; [CLS] (position 0) not ranked
+    positions, live = torch.tensor([[0, 1, 3, 0]]), torch.tensor([[1, 1, 1, 0]]).bool()
+    student = LayerImportance(torch.tensor([[0.9, 0.2, 0.6, 0.0]]), positions, live)
+    p, q = torch.tensor([0.75, 0.25]), torch.tensor([0.25, 0.75])  # 0.3, 0.1 and 0.2, 0.6 normalised
+    assert float(rank_loss([student], teacher)) == pytest.approx(float((p * (p / q).log()).sum()), rel=1e-5)
+    same_ranking = LayerImportance(torch.tensor([[0.9, 0.6, 0.2, 0.0]]), positions, live)  # proportional
+    assert float(rank_loss([same_ranking], teacher)) == pytest.approx(0.0, abs=1e-6)
+    one_token = LayerImportance(
+        torch.tensor([[0.9, 0.2, 0.0, 0.0]]), positions, torch.tensor([[1, 1, 0, 0]]).bool()
+    )
+    assert float(rank_loss([one_token], teacher)) == 0.0  # nothing to rank
+    both = rank_loss([student, same_ranking], teacher)  # the mean over layers
+    assert float(both) == pytest.approx(float(rank_loss([student], teacher)) / 2, rel=1e-5)
+
+
+def test_the_ranking_term_teaches_the_pruning_layers_the_teachers_ranking(
+    tmp_path, tiny_model_dir, real_glue_dir
+):
+    """A student whose attention differs from its teacher's: training on the ranking term alone
+    brings its pruning layers' rankings to the teacher's last layer's, through the attention weights."""
+    student, batch = first_batch(tiny_model_dir, real_glue_dir, tmp_path)
+    student.spec = PruningSpec(method="topk", max_length=64, keep_ratios=[0.6, 0.6])
+    torch.manual_seed(3)
+    for layer in student.hf_model.bert.encoder.layer:
+        torch.nn.init.normal_(layer.attention.self.key.weight, std=0.2)
+    teacher = Teacher(str(tiny_model_dir), 2, False, temperature=2.0, alpha=0.0, rank_weight=1.0)
+    task_only, _ = supervised_loss(False, "drop", None)(student, batch)
+    loss, logs = supervised_loss(False, "drop", teacher)(student, batch)
+    assert float(loss.detach()) == pytest.approx(float(task_only.detach()) + logs["rank"], rel=1e-5)
+    assert logs["rank"] > 0
+    keys = [layer.attention.self.key.weight for layer in student.hf_model.bert.encoder.layer]
+    optimizer = torch.optim.Adam(keys, lr=1e-2)
+    target = teacher.outputs(batch).importance[-1]
+    losses = []
+    for _ in range(30):
+        ranking = rank_loss(student(**model_inputs(batch), mode="drop", importance=True).importance, target)
+        optimizer.zero_grad()
+        ranking.backward()
+        optimizer.step()
+        losses.append(float(ranking))
+    assert losses[-1] < 0.5 * losses[0]
+
+
 def test_a_guided_pruning_stage_needs_a_teacher(tiny_model_dir, real_glue_dir):
     soft = {"name": "soft", "kind": "ltp_soft", "distill_alpha": 0.5}
     with pytest.raises(UserError, match=r"stages.soft: ltp_soft with distill_alpha needs a finetune stage"):
         recipe_with(tiny_model_dir, real_glue_dir, [soft])
     recipe_with(tiny_model_dir, real_glue_dir, [{**soft, "teacher": str(tiny_model_dir)}])  # names one
     recipe_with(tiny_model_dir, real_glue_dir, [{**soft, "distill_alpha": 0}])  # no KD, no teacher
+    ranked = {"name": "topk", "kind": "topk", "distill_rank_weight": 1.0}
+    with pytest.raises(UserError, match=r"stages.topk: topk with distill_rank_weight needs a finetune stage"):
+        recipe_with(tiny_model_dir, real_glue_dir, [ranked])
 
 
 def test_ltp_hard_trains_under_the_finetuned_teacher(tmp_path, tiny_model_dir, real_glue_dir):

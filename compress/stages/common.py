@@ -45,14 +45,14 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> t
 
 
 def supervised_loss(regression: bool, mode: Mode, teacher: Teacher | None = None):
-    """The task loss of the model's forward in `mode`, blended with KD when a teacher guides it."""
+    """The task loss of the model's forward in `mode`, with the teacher's terms when one guides it."""
 
     def loss_fn(model: PrunableModel, batch: dict):
-        out = model(**model_inputs(batch), mode=mode)
+        out = model(**model_inputs(batch), mode=mode, importance=teacher is not None and teacher.ranks)
         loss = task_loss(out.logits, batch["labels"], regression)
         if teacher is None:
             return loss, {}
-        return teacher.blend(out.logits, teacher.outputs(batch).logits, loss)
+        return teacher.loss(out, batch, loss)
 
     return loss_fn
 

@@ -148,12 +148,12 @@ def soft_loss(regression: bool, lambda_: float, budget: FlopsBudget | None, teac
     Lagrangian when there is one, else lambda * L1."""
 
     def loss_fn(model: PrunableModel, batch: dict):
-        out = model(**model_inputs(batch), mode="soft")
+        out = model(**model_inputs(batch), mode="soft", importance=teacher is not None and teacher.ranks)
         loss = task_loss(out.logits, batch["labels"], regression)
         logs = {"kept": float(out.kept_fraction.detach()) / out.tokens_in.shape[1]}  # mean over layers
         if teacher is not None:
-            loss, kd_logs = teacher.blend(out.logits, teacher.outputs(batch).logits, loss)
-            logs |= kd_logs
+            loss, teacher_logs = teacher.loss(out, batch, loss)
+            logs |= teacher_logs
         if budget is not None:
             penalty, budget_logs = budget.penalty(out.tokens_in, out.tokens_kept)
             return loss + penalty, logs | budget_logs
