@@ -58,6 +58,17 @@ def test_the_soft_loss_takes_the_teacher_beside_its_pruning_pressure(tmp_path, t
         out = student(**model_inputs(batch), mode="soft")
         expected = kd_loss(out.logits, teacher.outputs(batch).logits, 2.0, False) + 0.1 * out.kept_fraction
     assert "kd" in logs and float(guided) == pytest.approx(float(expected), rel=1e-5)
+    teacher.rank_weight = 0.5  # and its ranking, in the soft forward's pruning layer
+    torch.manual_seed(3)
+    torch.nn.init.normal_(student.hf_model.bert.encoder.layer[1].attention.self.key.weight, std=0.2)
+    with torch.no_grad():
+        ranked, logs = soft_loss(False, 0.1, None, teacher)(student, batch)
+        out = student(**model_inputs(batch), mode="soft", importance=True)
+        ranking = rank_loss(out.importance, teacher.outputs(batch).importance[-1])
+        kd = kd_loss(out.logits, teacher.outputs(batch).logits, 2.0, False)
+    assert len(out.importance) == 1  # the tiny model's layer 1 (LTP's layer 0 keeps every token)
+    assert logs["rank"] == pytest.approx(float(ranking), rel=1e-5) and logs["rank"] > 1e-3
+    assert float(ranked) == pytest.approx(float(kd + 0.1 * out.kept_fraction + 0.5 * ranking), rel=1e-5)
 
 
 def test_the_rank_loss_is_the_kl_of_the_normalised_scores_of_the_ranked_tokens():
@@ -95,7 +106,7 @@ def test_the_ranking_term_teaches_the_pruning_layers_the_teachers_ranking(
     task_only, _ = supervised_loss(False, "drop", None)(student, batch)
     loss, logs = supervised_loss(False, "drop", teacher)(student, batch)
     assert float(loss.detach()) == pytest.approx(float(task_only.detach()) + logs["rank"], rel=1e-5)
-    assert logs["rank"] > 0
+    assert logs["rank"] > 1e-3
     keys = [layer.attention.self.key.weight for layer in student.hf_model.bert.encoder.layer]
     optimizer = torch.optim.Adam(keys, lr=1e-2)
     target = teacher.outputs(batch).importance[-1]
