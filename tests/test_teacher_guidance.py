@@ -1,5 +1,7 @@
 """Distillation from the teacher inside the pruning stages (`distill_alpha`), and its checks."""
 
+import shutil
+
 import pytest
 import torch
 
@@ -129,6 +131,17 @@ def test_a_guided_pruning_stage_needs_a_teacher(tiny_model_dir, real_glue_dir):
     ranked = {"name": "topk", "kind": "topk", "distill_rank_weight": 1.0}
     with pytest.raises(UserError, match=r"stages.topk: topk with distill_rank_weight needs a finetune stage"):
         recipe_with(tiny_model_dir, real_glue_dir, [ranked])
+
+
+def test_the_ranking_is_learned_from_an_unpruned_teacher(tmp_path, tiny_model_dir, real_glue_dir):
+    pruned = tmp_path / "pruned_teacher"
+    shutil.copytree(tiny_model_dir, pruned)
+    PruningSpec(method="topk", max_length=64, keep_ratios=[0.5, 0.5]).save(pruned)
+    ranked = {"name": "topk", "kind": "topk", "distill_rank_weight": 1.0, "teacher": str(pruned)}
+    with pytest.raises(UserError, match=r"^stages.topk.distill_rank_weight: the teacher .* prunes tokens"):
+        recipe_with(tiny_model_dir, real_glue_dir, [ranked]).stages[0].preflight()
+    ranked["distill_alpha"], ranked["distill_rank_weight"] = 0.5, 0.0  # its logits alone: fine
+    recipe_with(tiny_model_dir, real_glue_dir, [ranked]).stages[0].preflight()
 
 
 def test_ltp_hard_trains_under_the_finetuned_teacher(tmp_path, tiny_model_dir, real_glue_dir):

@@ -19,13 +19,15 @@ always kept), both scores normalised to distributions, p = s / sum(s):
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
 from compress.errors import UserError
 from compress.evaluate import model_inputs
-from compress.ltp import LayerImportance, PrunedOutput
+from compress.ltp import PRUNING_FILE, LayerImportance, PrunedOutput
 from compress.models import load_model, resolve_model
 from compress.recipe import StageBase, TrainingConfig
 
@@ -67,6 +69,12 @@ class TeacherGuidedConfig(TrainingConfig):
     def preflight(self) -> None:
         if self.has_teacher:
             check_teacher_exists(self)
+        if self.distill_rank_weight > 0 and self.teacher:
+            if (Path(resolve_model(self.teacher)) / PRUNING_FILE).is_file():
+                raise UserError(
+                    f"stages.{self.name}.distill_rank_weight: the teacher {self.teacher} prunes tokens "
+                    f"(it has {PRUNING_FILE}); the ranking is learned from an unpruned teacher"
+                )
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float, regression: bool):
@@ -79,10 +87,10 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float, re
 
 
 def rank_loss(layers: list[LayerImportance], target: LayerImportance) -> torch.Tensor:
-    """RANK (module docstring): each layer's scores against the teacher's `target` scores, matched
-    by input position; rows with under two ranked tokens, or none the teacher scored, are skipped."""
-    teacher = torch.zeros(target.live.shape, device=target.score.device)
-    teacher.scatter_(1, target.positions, target.score * target.live)  # by input position
+    """RANK (module docstring): each layer's scores against `target`, the unpruned teacher's last
+    layer's (every input position), matched by input position; rows with under two ranked tokens,
+    or none the teacher scored, are skipped."""
+    teacher = target.score * target.live
     losses = []
     for layer in layers:
         ranked = layer.live & (layer.positions > 0)
