@@ -1,4 +1,4 @@
-"""Distillation from the teacher inside the pruning stages (`distill_alpha`), and its checks."""
+"""Distillation from the teacher inside the pruning stages (logits and ranking), and its checks."""
 
 import shutil
 
