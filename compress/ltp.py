@@ -206,12 +206,11 @@ def _finish_kept(layer: nn.Module, keep: torch.Tensor, context: torch.Tensor, re
     return padded.unflatten(0, (batch, longest)), valid
 
 
-def _repack(keep: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """(B, n) values of the kept tokens in `_finish_kept`'s re-padded layout (B, K), 0 where padded."""
-    counts = keep.sum(dim=1)
-    valid = torch.arange(int(counts.max()), device=keep.device)[None, :] < counts[:, None]
-    packed = values.new_zeros(valid.shape)
-    packed[valid] = values[keep]  # both row-major: each row's kept tokens in order
+def _repack(values: torch.Tensor, keep: torch.Tensor, packed_valid: torch.Tensor) -> torch.Tensor:
+    """(B, n) values of the `keep` tokens in the layout `_finish_kept` returned the validity
+    (B, K) of, 0 where padded."""
+    packed = values.new_zeros(packed_valid.shape)
+    packed[packed_valid] = values[keep]  # both row-major: each row's kept tokens in order
     return packed
 
 
@@ -289,7 +288,6 @@ class PrunableModel(nn.Module):
         live = survive = padding  # the layer's token weights; expected survival so far
         denominator = padding.numel() if independent else attention_mask.sum()
         theta = self.thresholds().to(h.device)
-        positions = _positions(attention_mask)
         tokens_in, tokens_kept, kept_fraction = [], [], h.new_zeros((), dtype=torch.float32)
         scores = []
         for index, layer in enumerate(self.hf_model.base_model.encoder.layer):
@@ -299,7 +297,7 @@ class PrunableModel(nn.Module):
             if self._prunes(index):  # as in the hard modes: a layer without a threshold keeps every token
                 score = token_importance(probs, weight, self.spec.max_length)  # (B, n)
                 if importance:
-                    scores.append(LayerImportance(score, positions, attention_mask.bool()))
+                    scores.append(LayerImportance(score, _positions(attention_mask), attention_mask.bool()))
                 mask = self._soft_mask(score, theta[index])
                 live, survive = mask * weight, mask * survive
             h = finish_layer(layer, context, h) * live[..., None]
@@ -333,9 +331,10 @@ class PrunableModel(nn.Module):
                     scores.append(LayerImportance(score, positions, valid))
                 valid = self.hard_keep(score, valid, index, theta[index], lengths)  # (B, n) bool
             if prunes and drop:
+                keep = valid
+                h, valid = _finish_kept(layer, keep, context, h)
                 if importance:
-                    positions = _repack(valid, positions)
-                h, valid = _finish_kept(layer, valid, context, h)
+                    positions = _repack(positions, keep, valid)
             else:
                 h = finish_layer(layer, context, h)
             tokens_kept.append(valid.sum(dim=1))
