@@ -16,7 +16,8 @@ task loss's pull leaves under rho alone. The target moves linearly from the firs
 fraction (the initial thresholds already prune) to t over the first `warmup` fraction of the steps.
 
 With `layer_targets` the constraint is per layer instead (one multiplier each): layer l's
-expected survivors, as a share of the batch's tokens, against layer_targets[l]. Given top-k's
+expected survivors, as a share of the batch's tokens, against layer_targets[l] (every layer but
+the last, which keeps [CLS] alone whatever the thresholds). Given top-k's
 geometric schedule for the budget, this spreads the pruning over the layers as top-k does while
 the thresholds still choose which tokens go; the total alone lets the cheapest solution win, and
 that prunes nearly everything at one early layer.
@@ -45,7 +46,7 @@ def max_reduction(config, lengths: torch.Tensor, prune_from_layer: int) -> float
     layer's attention always see every token."""
     layers = config.num_hidden_layers
     n = lengths.double()[:, None].expand(-1, layers)
-    pruned = torch.arange(layers) >= prune_from_layer  # layers that keep [CLS] alone
+    pruned = torch.arange(layers) >= min(prune_from_layer, layers - 1)  # layers that keep [CLS] alone
     return 1.0 / kept_fraction(config, lengths, torch.where(pruned, torch.ones_like(n), n))
 
 
@@ -88,7 +89,8 @@ class FlopsBudget:
         """What the constraints hold to their targets: (1,) the FLOPs fraction, or (L,) each
         layer's expected survivors over the batch's tokens."""
         if self.per_layer:
-            return tokens_kept.float().sum(dim=0) / tokens_in[:, 0].float().sum()
+            layers = len(self.target)
+            return tokens_kept[:, :layers].float().sum(dim=0) / tokens_in[:, 0].float().sum()
         return macs_fraction(self.config, tokens_in.float(), tokens_kept.float())[None]
 
     def penalty(self, tokens_in: torch.Tensor, tokens_kept: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -140,11 +142,11 @@ def calibrate(model, loader: DataLoader, target: float, span: float = 1.0, steps
 
 def topk_fraction(config, lengths: torch.Tensor, ratios: list[float]) -> float:
     """Encoder MACs of top-k with these per-layer keep ratios on examples of `lengths`, relative to
-    unpruned; counts as `PrunableModel.hard_keep` keeps them (ceil(ratio * length), at least 1)."""
-    n = lengths.double()
-    return kept_fraction(
-        config, lengths, torch.stack([torch.ceil(ratio * n).clamp_min(1) for ratio in ratios], dim=1)
-    )
+    unpruned; counts as `PrunableModel.hard_keep` keeps them (ceil(ratio * length), at least 1;
+    [CLS] alone in the last layer, whatever its ratio)."""
+    kept = [torch.ceil(ratio * lengths).clamp_min(1) for ratio in ratios[:-1]]  # as float32, like it
+    kept.append(torch.ones_like(kept[0]))
+    return kept_fraction(config, lengths, torch.stack(kept, dim=1).double())
 
 
 def topk_share(config, lengths: torch.Tensor, target_reduction: float, start_layer: int) -> float | None:

@@ -12,6 +12,10 @@ Four forward modes:
 - "drop": pruned tokens leave the tensors: the per-token layers (output projection, FFN) run on
           the kept tokens packed together, attention on the batch re-padded to its longest kept row.
 "mask" and "drop" give the same logits; "soft" tends to "mask" as T -> 0.
+
+In every pruned mode the last layer keeps [CLS] alone after its attention, whatever the method:
+the classifier reads nothing else, so this is exact and saves that layer's output projection and
+FFN on every other token (counted by `compress.flops` like any pruning).
 """
 
 from __future__ import annotations
@@ -51,7 +55,8 @@ class PruningSpec(BaseModel):
     target_gflops_reduction: float | None = Field(None, gt=1)
     budget_calibration: Literal["eval", "train"] = "eval"
     threshold_offsets: list[float] = []  # learned delta_l per layer (ltp); may be negative
-    keep_ratios: list[Annotated[float, Field(gt=0, le=1)]] = []  # fraction kept per layer (topk)
+    # fraction kept per layer (topk); the last layer keeps [CLS] alone whatever its entry says
+    keep_ratios: list[Annotated[float, Field(gt=0, le=1)]] = []
 
     def save(self, directory: Path) -> None:
         (Path(directory) / PRUNING_FILE).write_text(self.model_dump_json(indent=2))
@@ -171,6 +176,11 @@ def _key_bias(weight: torch.Tensor) -> torch.Tensor:
     """
     log_weight = torch.log(weight.clamp_min(1e-30))
     return torch.where(weight > 0, log_weight, torch.finfo(log_weight.dtype).min)
+
+
+def _cls_only(weight: torch.Tensor) -> torch.Tensor:
+    """(B, n) weights, bool or float, that keep [CLS] (position 0) alone."""
+    return F.pad(torch.zeros_like(weight[:, 1:]), (1, 0), value=1)
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:
@@ -294,12 +304,14 @@ class PrunableModel(nn.Module):
             tokens_in.append(survive.sum(dim=1))
             weight = padding if independent else live
             context, probs = _self_attention(layer, h, _key_bias(weight), self.training, self.int8_attention)
-            if self._prunes(index):  # as in the hard modes: a layer without a threshold keeps every token
+            if self._ranks(index):  # as in the hard modes: a layer without a threshold keeps every token
                 score = token_importance(probs, weight, self.spec.max_length)  # (B, n)
                 if importance:
                     scores.append(LayerImportance(score, _positions(attention_mask), attention_mask.bool()))
                 mask = self._soft_mask(score, theta[index])
                 live, survive = mask * weight, mask * survive
+            elif self._is_last(index):
+                live, survive = _cls_only(weight), _cls_only(survive)
             h = finish_layer(layer, context, h) * live[..., None]
             kept_fraction = kept_fraction + live.sum() / denominator
             tokens_kept.append(survive.sum(dim=1))
@@ -324,11 +336,12 @@ class PrunableModel(nn.Module):
         for index, layer in enumerate(self.hf_model.base_model.encoder.layer):
             key_bias = _hard_key_bias(valid, h.dtype)
             context, probs = _self_attention(layer, h, key_bias, self.training, self.int8_attention)
-            prunes = self._prunes(index)
-            if prunes:
+            prunes, score = self._ranks(index) or self._is_last(index), None
+            if self._ranks(index):
                 score = token_importance(probs, valid.to(h.dtype), self.spec.max_length)  # (B, n)
                 if importance:
                     scores.append(LayerImportance(score, positions, valid))
+            if prunes:
                 valid = self.hard_keep(score, valid, index, theta[index], lengths)  # (B, n) bool
             if prunes and drop:
                 keep = valid
@@ -348,9 +361,15 @@ class PrunableModel(nn.Module):
             importance=scores,
         )
 
-    def _prunes(self, index: int) -> bool:
-        """Whether layer `index` can drop a token: LTP's layers from `prune_from_layer` on, top-k's
-        layers with a ratio below 1."""
+    def _is_last(self, index: int) -> bool:
+        return index == self.num_layers - 1
+
+    def _ranks(self, index: int) -> bool:
+        """Whether layer `index` chooses its tokens by their scores: LTP's layers from
+        `prune_from_layer` on, top-k's layers with a ratio below 1; never the last layer, which
+        keeps [CLS] alone."""
+        if self._is_last(index):
+            return False
         if self.spec.method == "ltp":
             return index >= self.spec.prune_from_layer
         return self.spec.keep_ratios[index] < 1
@@ -361,7 +380,10 @@ class PrunableModel(nn.Module):
 
     def hard_keep(self, score, live, index, theta, lengths) -> torch.Tensor:
         """Bool (B, n): which live tokens survive this layer. [CLS] (position 0) always does:
-        the classifier reads it, and it stays at position 0 because dropping keeps token order."""
+        the classifier reads it, and it stays at position 0 because dropping keeps token order.
+        The last layer keeps it alone (`score` unused there)."""
+        if self._is_last(index):
+            return _cls_only(live)
         if self.spec.method == "ltp":
             keep = live & (score >= theta)
         else:

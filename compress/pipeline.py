@@ -241,11 +241,12 @@ def finish(recipe: Recipe, out_dir: Path, results: list[StageResult]) -> dict:
 
 
 def collapse_warning(result: StageResult) -> str | None:
-    """One line when a stage leaves only [CLS] from some layer on (LTP thresholds that collapsed:
-    from there on [CLS] attends to nothing but itself), else None."""
+    """One line when a stage leaves only [CLS] from some layer before the last on (LTP thresholds
+    that collapsed: from there on [CLS] attends to nothing but itself), else None. [CLS] alone in
+    the last layer is a budget's choice, not a collapse: the layers before it have read the tokens."""
     tokens = result.tokens_per_layer
     layer = next((i for i, n in enumerate(tokens) if n < 1.5), None)
-    if layer in (None, 0):  # nothing collapsed, or the inputs themselves are single tokens
+    if layer in (None, 0, len(tokens) - 1):  # nothing collapsed, single-token inputs, or the last layer
         return None
     return (
         f"stage {result.name}: only [CLS] is left from layer {layer} on ({tokens[layer]:.2f} tokens "

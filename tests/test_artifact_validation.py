@@ -23,8 +23,13 @@ from compress.quantize import QUANTIZATION_FILE, WEIGHTS_FILE, quantize_encoder
 from compress.recipe import load_recipe
 from tests.tiny_runs import write_recipe
 
-# The tiny model of tests/conftest.py has 2 layers and hidden size 32.
-GOOD_SPEC = {"method": "ltp", "final_threshold": 0.05, "max_length": 32, "threshold_offsets": [0.0, 0.01]}
+# The tiny model of tests/conftest.py has 3 layers and hidden size 32.
+GOOD_SPEC = {
+    "method": "ltp",
+    "final_threshold": 0.05,
+    "max_length": 32,
+    "threshold_offsets": [0.0, 0.01, 0.02],
+}
 
 
 def load(folder: Path, num_labels: int = 2) -> PrunableModel:
@@ -93,9 +98,12 @@ def test_a_valid_pruning_spec_loads(model_dir):
         ('{"thresholds": [0.1, 0.2]}', "thresholds: unknown key"),
         ("[0.1, 0.2]", "Input should be an object"),
         ("theta = 0.1", "Invalid JSON"),
-        ('{"threshold_offsets": [0, 0.01, 0.02]}', "threshold_offsets has 3 entries, the model has 2 layers"),
-        ('{"method": "topk", "keep_ratios": [1.0]}', "keep_ratios has 1 entries, the model has 2 layers"),
-        ('{"method": "topk"}', "keep_ratios has 0 entries, the model has 2 layers"),
+        (
+            '{"threshold_offsets": [0, 0.01, 0.02, 0.03]}',
+            "threshold_offsets has 4 entries, the model has 3 layers",
+        ),
+        ('{"method": "topk", "keep_ratios": [1.0]}', "keep_ratios has 1 entries, the model has 3 layers"),
+        ('{"method": "topk"}', "keep_ratios has 0 entries, the model has 3 layers"),
     ],
 )
 def test_a_bad_pruning_spec_is_refused(model_dir, text, fragment):
@@ -106,8 +114,8 @@ def test_a_bad_pruning_spec_is_refused(model_dir, text, fragment):
 def test_a_spec_that_does_not_fit_the_model_is_refused_where_they_meet(tiny_model_dir):
     """ltp_hard's `thresholds:` folder: the spec is loaded alone, then meets the model."""
     hf_model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
-    with pytest.raises(UserError, match="threshold_offsets has 3 entries, the model has 2 layers"):
-        PrunableModel(hf_model, PruningSpec(threshold_offsets=[0.0, 0.01, 0.02]))
+    with pytest.raises(UserError, match="threshold_offsets has 4 entries, the model has 3 layers"):
+        PrunableModel(hf_model, PruningSpec(threshold_offsets=[0.0, 0.01, 0.02, 0.03]))
 
 
 def test_bad_thresholds_fail_evaluation_in_one_line(tmp_path, model_dir):
@@ -167,9 +175,9 @@ def test_weights_that_do_not_fit_the_config_are_refused(model_dir):
 
 
 def test_a_layer_missing_from_the_weights_is_refused_not_initialised(model_dir):
-    edit_json(model_dir / "config.json", num_hidden_layers=3)
+    edit_json(model_dir / "config.json", num_hidden_layers=4)
     (model_dir / PRUNING_FILE).unlink()
-    refused(model_dir, WEIGHTS_FILE, "tensors missing (bert.encoder.layer.2.")
+    refused(model_dir, WEIGHTS_FILE, "tensors missing (bert.encoder.layer.3.")
 
 
 def test_a_head_for_another_label_count_is_refused(model_dir):
@@ -328,16 +336,16 @@ def test_a_malformed_tokenizer_is_one_line(model_dir, content):
 
 
 def test_ltp_hard_names_the_thresholds_file_of_another_depth(tmp_path, tiny_model_dir):
-    """thresholds from a 3-layer model for the 2-layer one: the stage names the file."""
+    """thresholds from a 4-layer model for the 3-layer one: the stage names the file."""
     from compress.stages.base import StageInputs
     from compress.stages.ltp_hard import LTPHardConfig, run
 
     thresholds = tmp_path / "thresholds"
     thresholds.mkdir()
-    PruningSpec(threshold_offsets=[0.0, 0.0, 0.0]).save(thresholds)
+    PruningSpec(threshold_offsets=[0.0, 0.0, 0.0, 0.0]).save(thresholds)
     recipe = load_recipe(write_recipe(tmp_path, tiny_model_dir))
     config = LTPHardConfig(name="hard", kind="ltp_hard", epochs=1, thresholds=str(thresholds))
     inputs = StageInputs(recipe, str(tiny_model_dir), tmp_path / "out")
-    with pytest.raises(UserError, match=rf"{thresholds / PRUNING_FILE}: threshold_offsets has 3 entries"):
+    with pytest.raises(UserError, match=rf"{thresholds / PRUNING_FILE}: threshold_offsets has 4 entries"):
         run(config, inputs)
     assert not (tmp_path / "out").exists()

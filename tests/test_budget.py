@@ -7,7 +7,7 @@ import torch
 import yaml
 
 from compress.artifacts import read_result
-from compress.budget import FlopsBudget, max_reduction, topk_fraction, topk_share
+from compress.budget import FlopsBudget, kept_fraction, max_reduction, topk_fraction, topk_share
 from compress.errors import UserError
 from compress.flops import cost_from_config, macs_fraction
 from compress.ltp import PrunableModel, PruningSpec, geometric_keep_ratios
@@ -90,7 +90,7 @@ def test_the_controller_drives_soft_thresholds_to_the_budget(reduction, first_la
 def test_a_geometric_budget_drives_each_layer_to_its_share():
     """One constraint per layer: each pruning layer's expected survivors settle on its share of the
     tokens, where the FLOPs total alone is met by one layer pruning nearly everything."""
-    targets = geometric_keep_ratios(3, 0.7, 0)  # 0.7, 0.49, 0.343
+    targets = geometric_keep_ratios(4, 0.7, 0)[:-1]  # 0.7, 0.49, 0.343; the last layer keeps [CLS]
     _, budget, _, shares = train_thresholds_alone(
         0, lambda config: FlopsBudget(2.0, 400, 0.25, config, rho=10.0, rate=0.1, layer_targets=targets)
     )
@@ -107,10 +107,10 @@ def test_a_budget_shape_needs_a_budget():
 
 
 def test_the_ceiling_is_cls_alone_from_the_first_pruning_layer():
-    config = tiny_model("bert").config  # 3 layers, d 32, f 64
+    config = tiny_model("bert").config  # 4 layers, d 32, f 64
     lengths = torch.tensor([16, 8])
-    tokens_in = torch.tensor([[16, 16, 1], [8, 8, 1]])
-    kept = torch.tensor([[16, 1, 1], [8, 1, 1]])
+    tokens_in = torch.tensor([[16, 16, 1, 1], [8, 8, 1, 1]])
+    kept = torch.tensor([[16, 1, 1, 1], [8, 1, 1, 1]])
     assert max_reduction(config, lengths, 1) == pytest.approx(
         1 / float(macs_fraction(config, tokens_in, kept))
     )
@@ -137,8 +137,8 @@ def test_a_budget_and_a_lambda_are_refused_together():
 
 
 def test_prune_from_layer_beyond_the_model_is_refused():
-    with pytest.raises(UserError, match="prune_from_layer is 3, the model has 3 layers"):
-        PrunableModel(tiny_model("bert"), PruningSpec(prune_from_layer=3))
+    with pytest.raises(UserError, match="prune_from_layer is 4, the model has 4 layers"):
+        PrunableModel(tiny_model("bert"), PruningSpec(prune_from_layer=4))
 
 
 def test_layer_zero_prunes_when_asked():
@@ -149,7 +149,10 @@ def test_layer_zero_prunes_when_asked():
         model = PrunableModel(
             hf,
             PruningSpec(
-                final_threshold=0.0, max_length=16, prune_from_layer=first, threshold_offsets=[0.06, 0.0, 0.0]
+                final_threshold=0.0,
+                max_length=16,
+                prune_from_layer=first,
+                threshold_offsets=[0.06, 0.0, 0.0, 0.0],
             ),
         ).eval()
         with torch.no_grad():
@@ -232,22 +235,25 @@ def test_calibration_shifts_the_thresholds_onto_the_budget():
     ids, mask = batch_with_mixed_lengths(lengths=(16, 14, 12, 16, 10, 15, 9, 13))
     labels = torch.zeros(len(ids), dtype=torch.long)  # `predict` reads them; calibration does not use them
     loader = DataLoader([{"input_ids": ids, "attention_mask": mask, "labels": labels}], batch_size=None)
-    assert hard_fraction(model, loader) == pytest.approx(1.0)  # theta 0 keeps every token
+    lengths = mask.sum(1)
+    every_token = torch.stack([lengths] * 3 + [torch.ones_like(lengths)], dim=1)  # [CLS] alone in the last
+    # theta 0 keeps every token
+    assert hard_fraction(model, loader) == pytest.approx(kept_fraction(model.config, lengths, every_token))
     offset = calibrate(model, loader, target=0.7)
     reached = hard_fraction(model, loader)
     assert 0.6 < reached <= 0.7 and offset > 0
-    assert model.threshold_offsets.tolist() == pytest.approx([offset] * 3)
+    assert model.threshold_offsets.tolist() == pytest.approx([offset] * 4)
 
 
 @pytest.mark.parametrize("reduction, start", [(1.5, 0), (1.3, 1)])
 def test_topk_share_meets_a_budget_from_below(reduction, start):
-    config = tiny_model("bert").config  # 3 layers
+    config = tiny_model("bert").config  # 4 layers
     lengths = torch.tensor([12, 5, 9, 3, 30, 17])
     share = topk_share(config, lengths, reduction, start)
-    ratios = geometric_keep_ratios(3, share, start)
+    ratios = geometric_keep_ratios(4, share, start)
     assert ratios[:start] == [1.0] * start and ratios[start] == pytest.approx(share)
     assert 1 / topk_fraction(config, lengths, ratios) >= reduction  # within budget
-    a_bit_more = geometric_keep_ratios(3, share + 1e-3, start)
+    a_bit_more = geometric_keep_ratios(4, share + 1e-3, start)
     assert 1 / topk_fraction(config, lengths, a_bit_more) < reduction  # and the largest share that is
     # the kept counts are those the model keeps: ceil(ratio * length), [CLS] at least
     model = PrunableModel(tiny_model("bert"), PruningSpec(method="topk", max_length=16, keep_ratios=ratios))
@@ -284,3 +290,21 @@ def test_a_topk_stage_meets_its_budget_on_the_dev_inputs(tmp_path, tiny_model_di
         tiny_stages_run(
             tiny_model_dir, real_glue_dir, tmp_path / "far", [{**topk, "target_gflops_reduction": 50}]
         )
+
+
+def test_ltp_started_from_a_topk_model_replaces_its_schedule_with_thresholds(
+    tmp_path, tiny_model_dir, real_glue_dir
+):
+    topk = {"name": "topk", "kind": "topk", "epochs": 1, "batch_size": 16, "start_layer": 0}
+    soft = {"name": "soft", "kind": "ltp_soft", "batch_size": 16, "prune_from_layer": 0}
+    budget = {"target_gflops_reduction": 1.5}
+    summary = tiny_stages_run(
+        tiny_model_dir,
+        real_glue_dir,
+        tmp_path,
+        [{**topk, **budget}, {**soft, **budget, "budget_shape": "geometric"}],
+    )
+    spec = PruningSpec.load(Path(summary["stages"][1]["artifact"]))
+    assert spec.method == "ltp" and spec.keep_ratios == [] and len(spec.threshold_offsets) == 4
+    reached = summary["final"]["baseline_gflops"] / summary["stages"][1]["gflops"]
+    assert 1.5 <= reached <= 1.5 * 1.1

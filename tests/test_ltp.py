@@ -12,12 +12,15 @@ from transformers import (
 
 from compress.flops import cost_from_config
 from compress.ltp import PrunableModel, PruningSpec, linear_keep_ratios, token_importance
+from compress.pipeline import collapse_warning
+from compress.stages.base import StageResult
 
-# offsets that make layers 1 and 2 both prune, by different amounts per example
-PRUNING = dict(final_threshold=0.09, max_length=16, threshold_offsets=[0.0, 0.03, 0.0])
+# offsets that make layers 1 and 2 both prune, by different amounts per example (layer 3, the
+# last, keeps [CLS] alone)
+PRUNING = dict(final_threshold=0.09, max_length=16, threshold_offsets=[0.0, 0.03, 0.0, 0.0])
 TINY = dict(
     hidden_size=32,
-    num_hidden_layers=3,
+    num_hidden_layers=4,
     num_attention_heads=4,
     intermediate_size=64,
     vocab_size=100,
@@ -61,7 +64,8 @@ def test_zero_threshold_reproduces_hugging_face_logits(kind):
         for mode in ("mask", "drop"):
             out = model(ids, mask, mode=mode)
             torch.testing.assert_close(out.logits, reference, atol=1e-5, rtol=0)
-            assert torch.equal(out.tokens_kept, mask.sum(1, keepdim=True).expand(-1, 3))
+            every_token = mask.sum(1, keepdim=True).expand(-1, 3)
+            assert torch.equal(out.tokens_kept, torch.cat([every_token, torch.ones_like(mask[:, :1])], 1))
 
 
 @pytest.mark.parametrize("kind", ["bert", "roberta"])
@@ -74,11 +78,12 @@ def test_dropping_equals_masking_with_mixed_kept_counts(kind):
         dropped = model(ids, mask, mode="drop")
     torch.testing.assert_close(dropped.logits, masked.logits, atol=1e-4, rtol=0)
     assert torch.equal(dropped.tokens_kept, masked.tokens_kept)
-    kept_last = dropped.tokens_kept[:, -1]
+    kept = dropped.tokens_kept[:, 2]
     assert (dropped.tokens_kept[:, 1] < mask.sum(1)).any(), "layer 1 should prune"
-    assert (kept_last < dropped.tokens_kept[:, 1]).any()
-    assert len(set(kept_last.tolist())) > 1, "kept counts should differ between examples"
+    assert (kept < dropped.tokens_kept[:, 1]).any()
+    assert len(set(kept.tolist())) > 1, "kept counts should differ between examples"
     assert (dropped.tokens_kept >= 1).all(), "[CLS] is always kept"
+    assert (dropped.tokens_kept[:, -1] == 1).all(), "the last layer keeps [CLS] alone"
 
 
 @pytest.mark.parametrize("kind", ["bert", "roberta"])
@@ -146,12 +151,14 @@ def test_independent_soft_masks_stand_alone_and_average_over_padding_too():
         with torch.no_grad():
             outs[formulation] = model(ids, mask, mode="soft")
         keep_all = PruningSpec(
-            final_threshold=0.0, max_length=16, threshold_offsets=[-1.0] * 3, formulation=formulation
+            final_threshold=0.0, max_length=16, threshold_offsets=[-1.0] * 4, formulation=formulation
         )
-        with torch.no_grad():  # thresholds below every score: the masks are all 1
+        with torch.no_grad():  # thresholds below every score: the masks are all 1 but the last's
             kept = PrunableModel(tiny_model("bert"), keep_all).eval()(ids, mask, mode="soft")
-        share = mask.sum() / mask.numel() if formulation == "independent" else 1.0
-        assert float(kept.kept_fraction) == pytest.approx(3 * float(share), rel=1e-5)  # 3 layers
+        denominator = mask.numel() if formulation == "independent" else mask.sum()
+        # 3 layers keep every token, the last [CLS] alone
+        expected = (3 * mask.sum() + mask.shape[0]) / denominator
+        assert float(kept.kept_fraction) == pytest.approx(float(expected), rel=1e-5)
     cumulative, independent = outs["cumulative"], outs["independent"]
     assert not torch.allclose(independent.logits, cumulative.logits)  # later layers see other keys
     # expected survivors multiply the masks in both: counts fall layer after layer
@@ -184,21 +191,22 @@ def test_importance_counts_only_live_queries_and_divides_by_fixed_length():
 
 
 def test_thresholds_follow_the_linear_schedule_and_layer_zero_prunes_nothing():
-    spec = PruningSpec(final_threshold=0.03, threshold_offsets=[0.5, 0.001, 0.0])
+    spec = PruningSpec(final_threshold=0.04, threshold_offsets=[0.5, 0.001, 0.0, 0.0])
     theta = PrunableModel(tiny_model("bert"), spec).thresholds()
-    torch.testing.assert_close(theta, torch.tensor([0.0, 0.011, 0.02]))
+    torch.testing.assert_close(theta, torch.tensor([0.0, 0.011, 0.02, 0.03]))
 
 
 def test_topk_keeps_the_scheduled_number_of_tokens():
-    ratios = linear_keep_ratios(3, final_keep_ratio=0.4, start_layer=1)
-    assert ratios == pytest.approx([1.0, 0.7, 0.4])
+    ratios = linear_keep_ratios(4, final_keep_ratio=0.4, start_layer=1)
+    assert ratios == pytest.approx([1.0, 0.8, 0.6, 0.4])
     model = PrunableModel(tiny_model("bert"), PruningSpec(method="topk", keep_ratios=ratios)).eval()
     ids, mask = batch_with_mixed_lengths()
     with torch.no_grad():
         out = model(ids, mask, mode="drop")
-    lengths = mask.sum(1).double()
-    expected = torch.stack([torch.ceil(r * lengths) for r in ratios], dim=1).long()
-    assert torch.equal(out.tokens_kept, expected)
+    lengths = mask.sum(1)
+    expected = torch.stack([torch.ceil(r * lengths) for r in ratios[:-1]], dim=1).long()
+    assert torch.equal(out.tokens_kept[:, :-1], expected)
+    assert (out.tokens_kept[:, -1] == 1).all(), "the last layer keeps [CLS] alone, whatever its ratio"
 
 
 def test_analytic_flops_match_flop_counter_on_dropped_tokens():
@@ -219,7 +227,9 @@ def test_flops_at_zero_threshold_equal_the_unpruned_formula():
     ids, mask = batch_with_mixed_lengths()
     out = PrunableModel(hf, PruningSpec(final_threshold=0.0)).eval()(ids, mask, mode="drop")
     d, f, n = 32, 64, mask.sum(1).double()
+    # three layers on every token, then the last's attention on every token and the rest on [CLS]
     per_example = 3 * (4 * d * d * n + 2 * d * n * n + 2 * d * f * n)
+    per_example += 3 * d * d * n + 2 * d * n * n + d * d + 2 * d * f
     cost = cost_from_config(hf.config, out.tokens_in, out.tokens_kept)
     assert cost.gflops == pytest.approx(float(2 * per_example.mean()) / 1e9)
 
@@ -239,20 +249,20 @@ def test_flops_of_a_pruned_run_are_the_mean_over_recorded_counts():
 
 def soft_stage_run(model_dir, glue_dir, out, later: tuple[dict, ...] = (), **settings):
     """A recipe of ltp_soft with `settings` (one step an epoch), then the `later` stages, on a
-    3-layer copy of the tiny model; its summary."""
+    4-layer copy of the tiny model; its summary."""
     stage = {"name": "soft", "kind": "ltp_soft", "batch_size": 16, **settings}
     return tiny_stages_run(model_dir, glue_dir, out, [stage, *later])
 
 
 def tiny_stages_run(model_dir, glue_dir, out, stages: list[dict]):
-    """A recipe of `stages` on a 3-layer copy of the tiny model, 16 SST-2 examples; its summary."""
+    """A recipe of `stages` on a 4-layer copy of the tiny model, 16 SST-2 examples; its summary."""
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     from compress.pipeline import run_pipeline
     from compress.recipe import parse_recipe
 
     torch.manual_seed(0)
-    BertForSequenceClassification(BertConfig.from_pretrained(model_dir, num_hidden_layers=3)).save_pretrained(
+    BertForSequenceClassification(BertConfig.from_pretrained(model_dir, num_hidden_layers=4)).save_pretrained(
         out / "model"
     )
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(out / "model")
@@ -265,9 +275,19 @@ def test_a_soft_stage_that_prunes_all_but_cls_is_reported(tmp_path, tiny_model_d
     with caplog.at_level("WARNING", logger="compress.pipeline"):
         summary = soft_stage_run(tiny_model_dir, real_glue_dir, tmp_path, final_threshold=0.9)
     tokens = summary["stages"][0]["tokens_per_layer"]
-    assert tokens == [tokens[0], tokens[0], 1.0] and tokens[0] > 2  # [CLS] alone after layer 1
+    assert tokens == [tokens[0], tokens[0], 1.0, 1.0] and tokens[0] > 2  # [CLS] alone after layer 1
     assert "only [CLS] is left from layer 2 on" in caplog.text and "collapsed" in caplog.text
     assert (tmp_path / "run" / "summary.json").is_file()  # a warning, not a failure
+
+
+@pytest.mark.parametrize(
+    ("tokens", "warns"),
+    [([20.0, 9.0, 1.0, 1.0], True), ([20.0, 9.0, 4.0, 1.04], False), ([1.0, 1.0, 1.0, 1.0], False)],
+)
+def test_the_collapse_warning_spares_cls_alone_in_the_last_layer(tokens, warns):
+    """[CLS] alone entering the last layer is what a budget may choose; before it, a collapse."""
+    result = StageResult("soft", "ltp_soft", "", {}, "accuracy", 1.0, 1.0, {}, tokens, 1.0)
+    assert (collapse_warning(result) is not None) == warns
 
 
 def test_no_collapse_warning_while_real_tokens_remain(tmp_path, tiny_model_dir, real_glue_dir, caplog):

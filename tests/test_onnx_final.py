@@ -48,7 +48,7 @@ def test_the_artifact_is_an_onnx_graph_that_loads_back(chain):
 
 def test_it_agrees_with_the_torch_pruned_model(chain):
     """Same tokens kept per layer, and the same predictions on nearly every dev example (int8 moves
-    the logits a little; on this random 2-layer model 1 in 32 may flip)."""
+    the logits a little; on this random 3-layer model 1 in 32 may flip)."""
     out, recipe, _ = chain
     pruned = load_model(str(out / "stages" / "topk"), num_labels=2, regression=False)
     final = load_model(str(out / "stages" / "int8"), num_labels=2, regression=False)

@@ -21,7 +21,7 @@ from compress.onnx_runtime import (
 from compress.quantize import quantize_encoder
 from tests.test_ltp import PRUNING, TINY, batch_with_mixed_lengths, tiny_model
 
-TOPK = PruningSpec(method="topk", max_length=16, keep_ratios=[1.0, 0.6, 0.3])
+TOPK = PruningSpec(method="topk", max_length=16, keep_ratios=[1.0, 0.6, 0.3, 0.3])
 CASES = {  # name: (architecture, spec)
     "unpruned": ("bert", None),
     "ltp": ("bert", PruningSpec(**PRUNING)),
@@ -81,7 +81,7 @@ def test_exported_graph_gives_the_drop_path_logits_and_counts(exported, case):
         torch.testing.assert_close(logits, expected.logits, atol=FP32_ATOL, rtol=0)
         assert torch.equal(tokens_in, expected.tokens_in) and torch.equal(tokens_kept, expected.tokens_kept)
         assert tokens_kept.dtype == torch.int64 and tokens_kept.shape == (len(ids), model.num_layers)
-        pruned.append(bool((tokens_kept[:, -1] < tokens_in[:, 0]).any()))
+        pruned.append(bool((tokens_kept[:, -2] < tokens_in[:, 0]).any()))
     assert any(pruned) == (model.spec is not None), "pruned graphs should drop tokens, only they"
 
 

@@ -159,7 +159,7 @@ def test_each_stage_is_a_nested_run_with_config_metrics_and_history(tracked):
         assert metrics["gflops"] == pytest.approx(stage["gflops"])
         assert metrics["bops"] == pytest.approx(stage["bops"])
         assert metrics["seconds"] == pytest.approx(stage["seconds"])
-        assert [metrics[f"tokens_layer_{i}"] for i in range(2)] == pytest.approx(stage["tokens_per_layer"])
+        assert [metrics[f"tokens_layer_{i}"] for i in range(3)] == pytest.approx(stage["tokens_per_layer"])
         steps = [row["step"] for row in read_result(Path(stage["artifact"]))["history"]]
         assert len(steps) == 1 and steps[0] > 0  # one epoch: one evaluation, at its last optimiser step
         assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == steps

@@ -71,7 +71,9 @@ def test_quantised_model_still_drops_tokens_and_stays_close():
     assert type(model.hf_model.classifier.weight) is torch.nn.Parameter  # the head stays in float
     assert (dropped.tokens_kept < dropped.tokens_in).any()
     assert torch.equal(dropped.tokens_kept, masked.tokens_kept)
-    torch.testing.assert_close(dropped.logits, masked.logits, atol=1e-4, rtol=0)
+    # int8 rounds each row's activations: the float sums of the masked and the packed layouts differ
+    # in their last bits, which can move a rounding step (measured: 0.011 on logits of about 1)
+    torch.testing.assert_close(dropped.logits, masked.logits, atol=3e-2, rtol=0)
     error = (dropped.logits - reference.logits).norm() / reference.logits.norm()
     assert error < 0.1  # int8 rounding, not a different model
 

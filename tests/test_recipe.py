@@ -190,8 +190,14 @@ def test_until_selects_a_prefix():
             r"duplicate stage name 'a'",
         ),
         (
-            with_changes(stages=[{"name": "k", "kind": "topk"}, {"name": "s", "kind": "ltp_soft"}]),
-            r"stages\.s: ltp_soft cannot follow",
+            with_changes(
+                stages=[
+                    {"name": "s1", "kind": "ltp_soft"},
+                    {"name": "h", "kind": "ltp_hard"},
+                    {"name": "s", "kind": "ltp_soft"},
+                ]
+            ),
+            r"stages\.s: ltp_soft cannot follow an ltp_hard stage",
         ),
         (with_changes(task="custom"), r"data\.eval_file: task 'custom' needs"),
         (["not", "a", "mapping"], r"must be a YAML mapping"),

@@ -97,7 +97,7 @@ def test_a_user_mistake_found_inside_a_stage_is_one_line_without_traceback(
 
     topk = tmp_path / "topk"
     topk.mkdir()
-    PruningSpec(method="topk", keep_ratios=[1.0, 0.5]).save(topk)
+    PruningSpec(method="topk", keep_ratios=[1.0, 0.5, 0.5]).save(topk)
     hard = {"name": "ltp_hard", "kind": "ltp_hard", "epochs": 1, "thresholds": str(topk), **TRAIN}
     recipe = write_recipe(tmp_path, tiny_model_dir, stages=[hard])
     log = tmp_path / "cli.log"

@@ -141,7 +141,7 @@ def test_ltp_hard_takes_thresholds_from_an_artifact_and_keeps_them_frozen(
 ):
     from compress.ltp import PruningSpec
 
-    spec = PruningSpec(final_threshold=0.05, max_length=64, threshold_offsets=[0.0, 0.01])
+    spec = PruningSpec(final_threshold=0.05, max_length=64, threshold_offsets=[0.0, 0.01, 0.02])
     (tmp_path / "thresholds").mkdir()
     spec.save(tmp_path / "thresholds")
     raw = tiny_recipe(tiny_model_dir, real_glue_dir).model_dump(mode="json", by_alias=True)
@@ -159,5 +159,5 @@ def test_ltp_hard_takes_thresholds_from_an_artifact_and_keeps_them_frozen(
         recipe.stages[0], StageInputs(recipe, str(tiny_model_dir), tmp_path / "out")
     )
     saved = PruningSpec.load(tmp_path / "out")
-    assert saved.threshold_offsets == pytest.approx([0.0, 0.01]) and saved.final_threshold == 0.05
+    assert saved.threshold_offsets == pytest.approx([0.0, 0.01, 0.02]) and saved.final_threshold == 0.05
     assert result.kind == "ltp_hard"

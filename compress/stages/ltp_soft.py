@@ -7,7 +7,8 @@ top-k's geometric schedule: `budget_shape`), then a common shift of the threshol
 exactly on calibration inputs. The thresholds have their own AdamW group
 (no weight decay). With `distill_alpha` the teacher's logits guide the task loss
 (compress.stages.teacher). Evaluation prunes for real; the last checkpoint is kept (the best-scoring
-one would be the one that prunes least).
+one would be the one that prunes least). After a `topk` stage it starts from top-k's weights,
+already trained to work with dropped tokens, and replaces top-k's schedule with thresholds.
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ log = logging.getLogger(__name__)
 TRACE_POINTS = 200  # budget trajectory rows kept per stage
 REACHABLE = 0.8  # the largest share of the [CLS]-only reduction a budget may ask for
 DEFAULT_LAMBDA = 0.1
-HARD_PRUNING_KINDS = ("ltp_hard", "topk")  # stages that drop tokens; ltp_soft cannot follow them
 
 
 class LTPSoftConfig(TeacherGuidedConfig):
@@ -82,8 +82,8 @@ class LTPSoftConfig(TeacherGuidedConfig):
 
     def check_order(self, earlier: list[StageBase]) -> None:
         super().check_order(earlier)
-        if any(stage.kind in HARD_PRUNING_KINDS for stage in earlier):
-            raise ValueError(f"stages.{self.name}: ltp_soft cannot follow a hard pruning stage")
+        if any(stage.kind == "ltp_hard" for stage in earlier):
+            raise ValueError(f"stages.{self.name}: ltp_soft cannot follow an ltp_hard stage")
 
 
 def run(config: LTPSoftConfig, inputs: StageInputs) -> StageResult:
@@ -107,8 +107,8 @@ def run(config: LTPSoftConfig, inputs: StageInputs) -> StageResult:
     if config.target_gflops_reduction:
         check_reachable(config, model, task_data)
         targets = None  # total: one FLOPs constraint; geometric: top-k's schedule, layer by layer
-        if config.budget_shape == "geometric":
-            targets = geometric_budget_ratios(config, "prune_from_layer", model.config, task_data)
+        if config.budget_shape == "geometric":  # but the last, which keeps [CLS] alone
+            targets = geometric_budget_ratios(config, "prune_from_layer", model.config, task_data)[:-1]
         batch = micro_batch_size(config, num_processes())  # a penalty per loader batch, as train runs it
         steps = math.ceil(len(task_data.train_loader(batch)) * config.epochs)
         budget = FlopsBudget(
