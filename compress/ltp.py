@@ -145,9 +145,9 @@ def _self_attention(
 ):
     """The Hugging Face layer's self-attention, unfused so its probabilities are available.
 
-    h (B, n, d), key_bias (B, n) additive, 0 for live keys. Returns context (B, n, d) and
-    attention probabilities (B, H, n, n) before dropout. `int8`: QK^T and AV in int8
-    (`compress.int8_attention`).
+    h (B, n, d), key_bias (B, n) additive, 0 for live keys (None: every key is live). Returns
+    context (B, n, d) and attention probabilities (B, H, n, n) before dropout. `int8`: QK^T and AV
+    in int8 (`compress.int8_attention`).
     """
     attn = layer.attention.self
     heads, head_dim = attn.num_attention_heads, attn.attention_head_size
@@ -156,7 +156,9 @@ def _self_attention(
         return x.unflatten(-1, (heads, head_dim)).transpose(1, 2)  # (B, H, n, dh)
 
     q, k, v = split(attn.query(h)), split(attn.key(h)), split(attn.value(h))
-    scores = attention_scores(q, k, int8) * attn.scaling + key_bias[:, None, None, :].to(q.dtype)
+    scores = attention_scores(q, k, int8) * attn.scaling
+    if key_bias is not None:
+        scores = scores + key_bias[:, None, None, :].to(q.dtype)
     probs = scores.softmax(dim=-1)  # (B, H, n, n)
     context = attention_context(F.dropout(probs, attn.dropout.p, training), v, int8)  # (B, H, n, dh)
     return context.transpose(1, 2).flatten(2), probs
@@ -200,9 +202,16 @@ def _finish_kept(layer: nn.Module, keep: torch.Tensor, context: torch.Tensor, re
     keep (B, n) bool, context and residual (B, n, d) -> hidden states (B, K, d), zero where padded,
     and their validity mask (B, K). Each row's tokens keep their order, so [CLS] stays at position 0.
     Static ops (NonZero, Gather, ScatterND) and a checked data-dependent K, so `torch.export` and
-    the ONNX exporter take it as it is.
+    the ONNX exporter take it as it is. One row needs no re-padding: its kept tokens, in order, are
+    the layout (a graph exported for batch 1 has none of the re-padding's nodes).
     """
     batch, n = keep.shape
+    if batch == 1:
+        source = keep[0].nonzero().squeeze(1)
+        torch._check(source.shape[0] >= 1)  # [CLS]; bounds the data-dependent length for torch.export
+        torch._check(source.shape[0] <= n)
+        hidden = finish_layer(layer, context.index_select(1, source), residual.index_select(1, source))
+        return hidden, keep.new_ones(hidden.shape[:2])
     counts = keep.sum(dim=1)  # (B,)
     longest = counts.max().item()
     torch._check(longest >= 1)
@@ -333,8 +342,9 @@ class PrunableModel(nn.Module):
         theta = self.thresholds().to(h.device)
         positions = _positions(valid) if importance else None
         tokens_kept, scores = [], []
+        dense = False  # every row's tokens all live: after one drop at batch 1, no key needs masking
         for index, layer in enumerate(self.hf_model.base_model.encoder.layer):
-            key_bias = _hard_key_bias(valid, h.dtype)
+            key_bias = None if dense else _hard_key_bias(valid, h.dtype)
             context, probs = _self_attention(layer, h, key_bias, self.training, self.int8_attention)
             prunes, score = self._ranks(index) or self._is_last(index), None
             if self._ranks(index):
@@ -346,6 +356,7 @@ class PrunableModel(nn.Module):
             if prunes and drop:
                 keep = valid
                 h, valid = _finish_kept(layer, keep, context, h)
+                dense = len(h) == 1
                 if importance:
                     positions = _repack(positions, keep, valid)
             else:

@@ -1,9 +1,10 @@
 """The pruned model run by ONNX Runtime: what a quantize stage with `engine: onnxruntime` writes.
 
 The artifact holds `model.onnx` (the pruned forward, tokens really dropped, int8 linear layers;
-`compress.onnx_runtime`), `config.json`, the tokenizer, `pruning.json` and `quantization.json`
-(`"engine": "onnxruntime"`). `OnnxModel` answers like a `PrunableModel` in drop mode (logits and
-per-layer token counts), so evaluation, `bench` and the registered pyfunc model use it as they are.
+`compress.onnx_runtime`), its batch-1 twin `model_b1.onnx` (absent from older artifacts),
+`config.json`, the tokenizer, `pruning.json` and `quantization.json` (`"engine": "onnxruntime"`).
+`OnnxModel` answers like a `PrunableModel` in drop mode (logits and per-layer token counts), so
+evaluation, `bench` and the registered pyfunc model use it as they are.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 
 from compress.errors import UserError
 from compress.ltp import PrunedOutput, PruningSpec
-from compress.onnx_runtime import make_session, run_session, session_feed
+from compress.onnx_runtime import GraphSessions, batch_one_path
 
 ONNX_FILE = "model.onnx"
 
@@ -28,7 +29,7 @@ class OnnxModel:
 
     def __init__(self, path: Path, config, spec: PruningSpec | None, scheme: str, threads: int = 0):
         self.path, self.config, self.spec, self.quantization = Path(path), config, spec, scheme
-        self.session = make_session(self.path, threads)  # threads 0: ONNX Runtime's default (all cores)
+        self.sessions = GraphSessions(self.path, threads)  # threads 0: ONNX Runtime's default (all cores)
 
     @property
     def num_layers(self) -> int:
@@ -43,7 +44,7 @@ class OnnxModel:
         batch = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             batch["token_type_ids"] = token_type_ids
-        logits, tokens_in, tokens_kept = run_session(self.session, session_feed(self.session, batch))
+        logits, tokens_in, tokens_kept = self.sessions(self.sessions.feed(batch))
         return PrunedOutput(
             logits=logits,
             tokens_in=tokens_in,
@@ -53,8 +54,12 @@ class OnnxModel:
         )
 
     def save(self, directory: Path) -> None:
-        """model.onnx, config.json and pruning.json (quantization.json is the caller's)."""
-        shutil.copyfile(self.path, Path(directory) / ONNX_FILE)
+        """model.onnx (and its batch-1 twin), config.json and pruning.json (quantization.json is the
+        caller's)."""
+        target = Path(directory) / ONNX_FILE
+        shutil.copyfile(self.path, target)
+        if batch_one_path(self.path).is_file():
+            shutil.copyfile(batch_one_path(self.path), batch_one_path(target))
         self.config.save_pretrained(directory)
         if self.spec is not None:
             self.spec.save(directory)
@@ -72,7 +77,7 @@ def load_onnx_model(directory: Path, config, spec: PruningSpec | None, scheme: s
     except Exception as error:  # noqa: BLE001 - onnxruntime raises its own, undocumented exception types
         first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         raise UserError(f"{path}: ONNX Runtime cannot load it ({first})") from None
-    width = model.session.get_outputs()[0].shape[-1]
+    width = model.sessions.general.get_outputs()[0].shape[-1]
     if width != config.num_labels:
         raise UserError(f"{path}: the graph gives {width} logits, the task needs {config.num_labels}")
     return model

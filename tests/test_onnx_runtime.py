@@ -10,6 +10,8 @@ from transformers import RobertaConfig, RobertaForSequenceClassification
 from compress.errors import UserError
 from compress.ltp import PrunableModel, PruningSpec
 from compress.onnx_runtime import (
+    GraphSessions,
+    batch_one_path,
     cuda_available,
     export_onnx,
     input_names,
@@ -68,16 +70,19 @@ def _batches(pad_id: int):
 
 @pytest.mark.parametrize("case", CASES)
 def test_exported_graph_gives_the_drop_path_logits_and_counts(exported, case):
+    """Batch 1 runs on the pruned graph's batch-1 twin (no re-padding, no key mask after a drop)."""
     model, path = exported(case)
-    session = make_session(path, threads=1)
-    assert [i.name for i in session.get_inputs()] == input_names(model.config)
+    sessions = GraphSessions(path, threads=1)
+    assert [i.name for i in sessions.general.get_inputs()] == input_names(model.config)
+    assert (sessions.batch_one is not None) == (model.spec is not None)
+    if sessions.batch_one is not None:
+        batch_axis = onnx.load(batch_one_path(path)).graph.input[0].type.tensor_type.shape.dim[0]
+        assert batch_axis.dim_value == 1
     pruned = []
     for ids, mask in _batches(model.config.pad_token_id):
         with torch.no_grad():
             expected = model(ids, mask, mode="drop")
-        logits, tokens_in, tokens_kept = run_session(
-            session, session_feed(session, {"input_ids": ids, "attention_mask": mask})
-        )
+        logits, tokens_in, tokens_kept = sessions(sessions.feed({"input_ids": ids, "attention_mask": mask}))
         torch.testing.assert_close(logits, expected.logits, atol=FP32_ATOL, rtol=0)
         assert torch.equal(tokens_in, expected.tokens_in) and torch.equal(tokens_kept, expected.tokens_kept)
         assert tokens_kept.dtype == torch.int64 and tokens_kept.shape == (len(ids), model.num_layers)

@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -103,16 +102,16 @@ def session_runner(
     """A runner of the ONNX graph at `path` in a session of its own (`threads` intra-op threads);
     `export_s`: what making the graph took, the session's creation added."""
     started = time.perf_counter()
-    session = onnx_runtime.make_session(path, threads, device)
+    sessions = onnx_runtime.GraphSessions(path, threads, device)  # with the graph's batch-1 twin, if any
     return Runner(
         variant,
         device,
         dtype,
         False,
         config,
-        partial(onnx_runtime.run_session, session),
+        sessions,
         engine="onnxruntime",
-        prepare=partial(onnx_runtime.session_feed, session),
+        prepare=sessions.feed,
         export_s=round(export_s + time.perf_counter() - started, 2),
     )
 
