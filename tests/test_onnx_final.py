@@ -12,6 +12,7 @@ from compress.errors import UserError
 from compress.evaluate import model_inputs
 from compress.models import load_model, load_tokenizer
 from compress.onnx_model import ONNX_FILE, OnnxModel
+from compress.onnx_runtime import batch_one_path
 from compress.pipeline import run_pipeline
 from compress.quantize import QUANTIZATION_FILE
 from compress.recipe import load_recipe
@@ -72,6 +73,11 @@ def test_it_agrees_with_the_torch_pruned_model(chain):
 def test_a_bad_graph_is_one_line(chain, tmp_path):
     artifact = tmp_path / "int8"
     shutil.copytree(chain[0] / "stages" / "int8", artifact)
+    twin = batch_one_path(artifact / ONNX_FILE)
+    twin.write_bytes(b"not a graph")
+    with pytest.raises(UserError, match=rf"{twin.name}: ONNX Runtime cannot load it"):
+        load_model(str(artifact), num_labels=2, regression=False)
+    twin.unlink()
     (artifact / ONNX_FILE).write_bytes(b"not a graph")
     with pytest.raises(UserError, match=rf"{ONNX_FILE}: ONNX Runtime cannot load it"):
         load_model(str(artifact), num_labels=2, regression=False)
