@@ -356,7 +356,7 @@ class PrunableModel(nn.Module):
             if prunes and drop:
                 keep = valid
                 h, valid = _finish_kept(layer, keep, context, h)
-                dense = len(h) == 1
+                dense = h.shape[0] == 1
                 if importance:
                     positions = _repack(positions, keep, valid)
             else:
