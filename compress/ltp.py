@@ -127,15 +127,18 @@ class PrunedOutput:
 # building blocks
 
 
-def token_importance(probs: torch.Tensor, query_weight: torch.Tensor, max_length: int) -> torch.Tensor:
+def token_importance(probs: torch.Tensor, query_weight: torch.Tensor | None, max_length: int) -> torch.Tensor:
     """s[b, j] = 1 / (H * N) * sum_h sum_i w[b, i] * A[b, h, i, j]  -> (B, n), fp32.
 
     w weights the queries: 1 for live tokens, 0 for padding and pruned ones (soft values in the
-    soft stage). N is the fixed maximum length, not the batch's: dividing by the current length
-    would make the same sentence score differently depending on how the batch was padded.
-    fp32 because the last thresholds are ~0.01 and bf16 rounding would flip decisions.
+    soft stage); None: every query is live. N is the fixed maximum length, not the batch's:
+    dividing by the current length would make the same sentence score differently depending on
+    how the batch was padded. fp32 because the last thresholds are ~0.01 and bf16 rounding would
+    flip decisions.
     """
     num_heads = probs.shape[1]
+    if query_weight is None:
+        return probs.float().sum(dim=(1, 2)) / (num_heads * max_length)
     over_heads = probs.float().sum(dim=1)  # (B, n, n): heads first, so the weighting touches H x less
     return (over_heads * query_weight.float()[:, :, None]).sum(dim=1) / (num_heads * max_length)
 
@@ -293,6 +296,8 @@ class PrunableModel(nn.Module):
         h = embeddings(input_ids=input_ids, token_type_ids=token_type_ids)  # (B, n, d)
         if mode == "soft":
             return self._forward_soft(h, attention_mask, importance)
+        if attention_mask is None:  # no padding (a batch-1 graph's single request)
+            return self._forward_hard(h, None, mode == "drop", importance)
         return self._forward_hard(h, attention_mask.bool(), mode == "drop", importance)
 
     def _forward_soft(self, h: torch.Tensor, attention_mask: torch.Tensor, importance: bool) -> PrunedOutput:
@@ -334,34 +339,43 @@ class PrunableModel(nn.Module):
         )
 
     def _forward_hard(
-        self, h: torch.Tensor, valid: torch.Tensor, drop: bool, importance: bool
+        self, h: torch.Tensor, valid: torch.Tensor | None, drop: bool, importance: bool
     ) -> PrunedOutput:
         """0/1 keep decisions; `drop`: pruned tokens leave the tensors, else their keys are masked.
-        A layer that cannot prune (LTP's layer 0, a top-k ratio of 1) skips the importance scores."""
+        A layer that cannot prune (LTP's layer 0, a top-k ratio of 1) skips the importance scores.
+        `valid` None: no padding. While every token in the tensors is live (no padding; after a
+        drop at batch 1) no key is masked and no query weighted: a batch-1 graph has none of it."""
+        dense = valid is None
+        if dense:
+            valid = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)
         lengths = valid.sum(dim=1)  # (B,)
         theta = self.thresholds().to(h.device)
         positions = _positions(valid) if importance else None
         tokens_kept, scores = [], []
-        dense = False  # every row's tokens all live: after one drop at batch 1, no key needs masking
         for index, layer in enumerate(self.hf_model.base_model.encoder.layer):
             key_bias = None if dense else _hard_key_bias(valid, h.dtype)
             context, probs = _self_attention(layer, h, key_bias, self.training, self.int8_attention)
-            prunes, score = self._ranks(index) or self._is_last(index), None
+            keep = None  # (B, n) bool: the tokens that survive this layer, where it prunes
             if self._ranks(index):
-                score = token_importance(probs, valid.to(h.dtype), self.spec.max_length)  # (B, n)
+                weight = None if dense else valid.to(h.dtype)
+                score = token_importance(probs, weight, self.spec.max_length)  # (B, n)
                 if importance:
                     scores.append(LayerImportance(score, positions, valid))
-            if prunes:
-                valid = self.hard_keep(score, valid, index, theta[index], lengths)  # (B, n) bool
-            if prunes and drop:
-                keep = valid
+                keep = self.hard_keep(score, None if dense else valid, index, theta[index], lengths)
+            elif self._is_last(index):
+                keep = _cls_only(valid)
+            if keep is None:
+                h = finish_layer(layer, context, h)
+            elif not drop:
+                h, valid = finish_layer(layer, context, h), keep
+            elif self._is_last(index):  # [CLS] alone: position 0 of every row
+                h, valid = finish_layer(layer, context[:, :1], h[:, :1]), keep[:, :1]
+            else:
                 h, valid = _finish_kept(layer, keep, context, h)
                 dense = h.shape[0] == 1
                 if importance:
                     positions = _repack(positions, keep, valid)
-            else:
-                h = finish_layer(layer, context, h)
-            tokens_kept.append(valid.sum(dim=1))
+            tokens_kept.append((valid if keep is None else keep).sum(dim=1))  # (B,)
         kept = torch.stack(tokens_kept, dim=1)  # (B, L)
         return PrunedOutput(
             logits=self.classify(h),
@@ -390,19 +404,20 @@ class PrunableModel(nn.Module):
         return torch.cat([torch.ones_like(mask[:, :1]), mask[:, 1:]], dim=1)  # [CLS] always kept
 
     def hard_keep(self, score, live, index, theta, lengths) -> torch.Tensor:
-        """Bool (B, n): which live tokens survive this layer. [CLS] (position 0) always does:
-        the classifier reads it, and it stays at position 0 because dropping keeps token order.
-        The last layer keeps it alone (`score` unused there)."""
+        """Bool (B, n): which live tokens survive this layer (`live` None: every token is live).
+        [CLS] (position 0) always does: the classifier reads it, and it stays at position 0
+        because dropping keeps token order. The last layer keeps it alone (`score` unused there)."""
         if self._is_last(index):
             return _cls_only(live)
         if self.spec.method == "ltp":
-            keep = live & (score >= theta)
+            keep = score >= theta
         else:
             budget = torch.ceil(self.spec.keep_ratios[index] * lengths).clamp_min(1)  # (B,)
-            ranked = score.masked_fill(~live, -1.0)
+            ranked = score.clone() if live is None else score.masked_fill(~live, -1.0)
             ranked[:, 0] = math.inf
             rank = ranked.argsort(dim=1, descending=True).argsort(dim=1)  # (B, n) rank of each token
-            keep = live & (rank < budget[:, None])
+            keep = rank < budget[:, None]
+        keep = keep if live is None else live & keep
         return F.pad(keep[:, 1:], (1, 0), value=True)
 
     def classify(self, h: torch.Tensor) -> torch.Tensor:

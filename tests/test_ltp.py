@@ -86,6 +86,25 @@ def test_dropping_equals_masking_with_mixed_kept_counts(kind):
     assert (dropped.tokens_kept[:, -1] == 1).all(), "the last layer keeps [CLS] alone"
 
 
+@pytest.mark.parametrize("method", ["ltp", "topk"])
+def test_no_attention_mask_means_no_padding(method):
+    """A batch-1 graph's path: no mask, so no key masking and no query weights, same decisions."""
+    spec = (
+        PruningSpec(**PRUNING)
+        if method == "ltp"
+        else PruningSpec(method="topk", keep_ratios=[1, 0.6, 0.3, 1])
+    )
+    model = PrunableModel(tiny_model("bert"), spec).eval()
+    ids, _ = batch_with_mixed_lengths((12, 12, 12))
+    for rows in (ids[:1], ids):  # one row (dense after every drop) and rows of equal length
+        with torch.no_grad():
+            expected = model(rows, torch.ones_like(rows), mode="drop")
+            unmasked = model(rows, None, mode="drop")
+        torch.testing.assert_close(unmasked.logits, expected.logits, atol=1e-5, rtol=0)
+        assert torch.equal(unmasked.tokens_kept, expected.tokens_kept)
+        assert (expected.tokens_kept[:, 1] < 12).all(), "layer 1 should prune"
+
+
 @pytest.mark.parametrize("kind", ["bert", "roberta"])
 def test_dropped_importance_maps_each_token_back_to_its_input_position(kind):
     """Ranking distillation reads each pruning layer's scores by input position: with tokens

@@ -66,18 +66,23 @@ def _batches(pad_id: int):
     for lengths in SHAPES:
         ids, mask = batch_with_mixed_lengths(lengths, pad_id)
         yield torch.randint(5, 100, ids.shape) * mask + pad_id * (1 - mask), mask  # (B, n) each
+    ids, mask = batch_with_mixed_lengths((9, 14), pad_id)
+    yield ids[:1], mask[:1]  # one padded request: the general graph's
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_exported_graph_gives_the_drop_path_logits_and_counts(exported, case):
-    """Batch 1 runs on the pruned graph's batch-1 twin (no re-padding, no key mask after a drop)."""
+    """An unpadded request runs on the pruned graph's batch-1 twin (no attention mask, no
+    re-padding), a padded one on the general graph."""
     model, path = exported(case)
     sessions = GraphSessions(path, threads=1)
     assert [i.name for i in sessions.general.get_inputs()] == input_names(model.config)
     assert (sessions.batch_one is not None) == (model.spec is not None)
     if sessions.batch_one is not None:
-        batch_axis = onnx.load(batch_one_path(path)).graph.input[0].type.tensor_type.shape.dim[0]
-        assert batch_axis.dim_value == 1
+        twin_inputs = onnx.load(batch_one_path(path)).graph.input
+        assert [i.name for i in twin_inputs] == input_names(model.config, batch_one=True)
+        assert "attention_mask" not in [i.name for i in twin_inputs]
+        assert twin_inputs[0].type.tensor_type.shape.dim[0].dim_value == 1
     pruned = []
     for ids, mask in _batches(model.config.pad_token_id):
         with torch.no_grad():
@@ -87,6 +92,12 @@ def test_exported_graph_gives_the_drop_path_logits_and_counts(exported, case):
         assert torch.equal(tokens_in, expected.tokens_in) and torch.equal(tokens_kept, expected.tokens_kept)
         assert tokens_kept.dtype == torch.int64 and tokens_kept.shape == (len(ids), model.num_layers)
         pruned.append(bool((tokens_kept[:, -2] < tokens_in[:, 0]).any()))
+        if sessions.batch_one is not None and len(ids) == 1 and mask.all():  # the twin itself
+            feed = sessions.feed({"input_ids": ids, "attention_mask": mask})
+            del feed["attention_mask"]
+            twin_logits, _, twin_kept = run_session(sessions.batch_one, feed)
+            torch.testing.assert_close(twin_logits, expected.logits, atol=FP32_ATOL, rtol=0)
+            assert torch.equal(twin_kept, expected.tokens_kept)
     assert any(pruned) == (model.spec is not None), "pruned graphs should drop tokens, only they"
 
 
