@@ -9,9 +9,9 @@ forward (attention as loaded, SDPA; eager exports to the same speed), then
 Gather and ScatterND with a data-dependent length (`ltp._finish_kept`), so ONNX Runtime runs it
 without Python in the loop. The optimizer is
 not applied there: it fused LayerNorm and GELU, left the outputs unchanged and measured no faster
-(MiniLM, SST-2, 2 threads). A pruned model is exported twice: for any batch, and for batch 1
-(NAME_b1.onnx beside it), where the kept tokens need no re-padding and, after the first drop, no
-key mask (`GraphSessions` runs a single request on it).
+(MiniLM, SST-2, 2 threads). A pruned model is exported twice: for any batch, and for one
+unpadded request (NAME_b1.onnx beside it: no attention mask, no key masking, no re-padding of the
+kept tokens; `GraphSessions` runs single unpadded requests on it).
 
 `quantize_int8` is ONNX Runtime's dynamic int8 (weights per output channel); only matmuls with a
 constant B (the linear layers) are quantised, so QK^T and AV, and with them LTP's importance
