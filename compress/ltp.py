@@ -296,9 +296,8 @@ class PrunableModel(nn.Module):
         h = embeddings(input_ids=input_ids, token_type_ids=token_type_ids)  # (B, n, d)
         if mode == "soft":
             return self._forward_soft(h, attention_mask, importance)
-        if attention_mask is None:  # no padding (a batch-1 graph's single request)
-            return self._forward_hard(h, None, mode == "drop", importance)
-        return self._forward_hard(h, attention_mask.bool(), mode == "drop", importance)
+        valid = None if attention_mask is None else attention_mask.bool()  # None: no padding
+        return self._forward_hard(h, valid, mode == "drop", importance)
 
     def _forward_soft(self, h: torch.Tensor, attention_mask: torch.Tensor, importance: bool) -> PrunedOutput:
         """Every token stays in the tensors, weighted by its soft mask (LTP's soft stage).
